@@ -1,0 +1,208 @@
+package persistence
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/go-messaging-system/messaging/migrations"
+)
+
+// Postgres is the Store backed by a pgx connection pool.
+type Postgres struct {
+	pool   *pgxpool.Pool
+	logger *slog.Logger
+}
+
+var _ Store = (*Postgres)(nil)
+
+// Option changes the pool configuration that Open parsed from the URL.
+type Option func(*pgxpool.Config)
+
+// WithMaxConns sets the maximum number of pooled connections. The default
+// is pool_max_conns from the URL, or else pgxpool's default, the larger of
+// 4 and runtime.NumCPU().
+func WithMaxConns(n int32) Option {
+	return func(c *pgxpool.Config) { c.MaxConns = n }
+}
+
+// WithPoolConfig calls fn with the parsed pool configuration before the
+// pool is created, for settings without an option of their own such as a
+// tracer or connection lifetimes.
+func WithPoolConfig(fn func(*pgxpool.Config)) Option {
+	return func(c *pgxpool.Config) { fn(c) }
+}
+
+// Open connects to databaseURL and checks that the database answers. When
+// the database does not exist, Open creates it through the "postgres" (or
+// else "template1") maintenance database, which needs the CREATEDB
+// privilege. A nil logger discards log output.
+func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...Option) (*Postgres, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing database url: %w", err)
+	}
+	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnContextDone
+	for _, opt := range opts {
+		opt(cfg)
+	}
+
+	pool, err := connect(ctx, cfg)
+	if sqlState(err) == "3D000" { // invalid_catalog_name: no such database
+		if err := createDatabase(ctx, cfg.ConnConfig, logger); err != nil {
+			return nil, err
+		}
+		pool, err = connect(ctx, cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Postgres{pool: pool, logger: logger}, nil
+}
+
+// cancelGrace is how long a connection waits for the server to answer a
+// cancel request before pgx closes it.
+const cancelGrace = 2 * time.Second
+
+// cancelOnContextDone makes pgx send the server a cancel request when a
+// query's context ends. pgx's default only closes the connection, and the
+// server then finishes the statement on its own: an insert waiting for a
+// lock would still commit once it got the lock, after InsertBatch had
+// returned an error. A cancelled statement is rolled back and the
+// connection stays usable.
+func cancelOnContextDone(conn *pgconn.PgConn) ctxwatch.Handler {
+	return &pgconn.CancelRequestContextWatcherHandler{Conn: conn, DeadlineDelay: cancelGrace}
+}
+
+func connect(ctx context.Context, cfg *pgxpool.Config) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.NewWithConfig(ctx, cfg.Copy())
+	if err != nil {
+		return nil, fmt.Errorf("creating connection pool: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connecting to database %q: %w", cfg.ConnConfig.Database, withContext(ctx, err))
+	}
+	return pool, nil
+}
+
+// createDatabase creates the database that target names. Another process
+// creating it at the same time is not an error.
+func createDatabase(ctx context.Context, target *pgx.ConnConfig, logger *slog.Logger) error {
+	name := target.Database
+	conn, err := connectMaintenance(ctx, target)
+	if err != nil {
+		return fmt.Errorf("creating database %q: %w", name, withContext(ctx, err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	switch sqlState(err) {
+	case "":
+		logger.Info("persistence: created database", "database", name)
+		return nil
+	case "42P04", "23505": // duplicate_database, or the catalog's unique index in a race
+		return nil
+	default:
+		return fmt.Errorf("creating database %q: %w", name, withContext(ctx, err))
+	}
+}
+
+func connectMaintenance(ctx context.Context, target *pgx.ConnConfig) (*pgx.Conn, error) {
+	var errs []error
+	for _, db := range []string{"postgres", "template1"} {
+		cfg := target.Copy()
+		cfg.Database = db
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("connecting to a maintenance database: %w", errors.Join(errs...))
+}
+
+// Migrate applies the embedded migrations that the database lacks. It
+// holds a PostgreSQL advisory lock while it runs, so processes that start
+// together apply each migration once; a second call does nothing.
+func (p *Postgres) Migrate(ctx context.Context) error {
+	db := stdlib.OpenDBFromPool(p.pool)
+	defer db.Close()
+
+	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS,
+		goose.WithSessionLocker(advisoryLocker{}),
+		goose.WithDisableGlobalRegistry(true),
+		goose.WithSlog(p.logger),
+	)
+	if err != nil {
+		return fmt.Errorf("loading migrations: %w", err)
+	}
+	results, err := provider.Up(ctx)
+	if err != nil {
+		return fmt.Errorf("applying migrations: %w", withContext(ctx, err))
+	}
+	for _, r := range results {
+		p.logger.Info("persistence: applied migration",
+			"version", r.Source.Version, "duration", r.Duration)
+	}
+	return nil
+}
+
+// migrationLockID keys the advisory lock that Migrate holds. Advisory locks
+// are per database, so other databases of the cluster are not affected.
+const migrationLockID int64 = 0x6d73675f6d6967 // "msg_mig"
+
+// advisoryLocker waits for the migration lock with pg_advisory_lock, which
+// returns as soon as the holder ends, unlike goose's own session locker
+// that polls every few seconds. The server releases the lock when the
+// session ends, also when the process dies.
+type advisoryLocker struct{}
+
+var _ lock.SessionLocker = advisoryLocker{}
+
+func (advisoryLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
+	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", migrationLockID); err != nil {
+		return fmt.Errorf("taking migration lock: %w", err)
+	}
+	return nil
+}
+
+func (advisoryLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
+	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_unlock($1)", migrationLockID); err != nil {
+		return fmt.Errorf("releasing migration lock: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that the database answers.
+func (p *Postgres) Ping(ctx context.Context) error {
+	if err := p.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("pinging database: %w", withContext(ctx, err))
+	}
+	return nil
+}
+
+// Close closes every pooled connection, waiting for those in use to be
+// released. Calling it again does nothing.
+func (p *Postgres) Close() {
+	p.pool.Close()
+}
+
+// Pool returns the underlying pool, for tests and the load harness.
+func (p *Postgres) Pool() *pgxpool.Pool {
+	return p.pool
+}

@@ -1,0 +1,200 @@
+package persistence
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// MaxTenantIDLength is the maximum length of a tenant id, in bytes.
+const MaxTenantIDLength = 63
+
+// ddlLockTimeout bounds how long creating or deleting a tenant waits for
+// its lock on the messages table. Dropping a partition needs an ACCESS
+// EXCLUSIVE lock, and while that request waits every other query on
+// messages queues behind it, so the wait must stay short.
+const ddlLockTimeout = "3s"
+
+// ValidTenantID reports whether id matches ^[a-z0-9][a-z0-9_-]{0,62}$.
+func ValidTenantID(id string) bool {
+	if len(id) == 0 || len(id) > MaxTenantIDLength {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case (c == '_' || c == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// partitionName returns the name of the tenant's partition table, at most
+// 63 bytes (PostgreSQL's identifier limit). Ids of up to 54 bytes give
+// messages_<id>. Longer ids give messages_, the first 37 bytes of the id,
+// '$' and 16 hex digits of the id's SHA-256: '$' never occurs in an id, so
+// a hashed name never equals the name of a short id.
+func partitionName(tenantID string) string {
+	const prefix = "messages_"
+	if len(prefix)+len(tenantID) <= MaxTenantIDLength {
+		return prefix + tenantID
+	}
+	sum := sha256.Sum256([]byte(tenantID))
+	return prefix + tenantID[:37] + "$" + hex.EncodeToString(sum[:8])
+}
+
+// quoteLiteral returns s as an SQL string literal, as PostgreSQL's
+// quote_literal does: quotes are doubled, and a string with a backslash
+// becomes an escape string (E'...') with doubled backslashes, so the
+// result is the same whatever standard_conforming_strings is set to. NUL
+// bytes, which a PostgreSQL string cannot contain, are dropped.
+func quoteLiteral(s string) string {
+	s = strings.ReplaceAll(s, "\x00", "")
+	quoted := "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	if strings.Contains(s, `\`) {
+		quoted = "E" + strings.ReplaceAll(quoted, `\`, `\\`)
+	}
+	return quoted
+}
+
+// CreateTenant stores the tenant row and creates its partition in one
+// transaction. The partition is created as a plain table and then
+// attached, because ATTACH PARTITION locks messages in SHARE UPDATE
+// EXCLUSIVE mode, which does not block inserts and reads of other tenants,
+// while CREATE TABLE ... PARTITION OF would lock it in ACCESS EXCLUSIVE mode.
+func (p *Postgres) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
+	if !ValidTenantID(t.ID) {
+		return Tenant{}, fmt.Errorf("creating tenant %q: %w", t.ID, ErrInvalidTenantID)
+	}
+	if t.WorkerCount < 1 {
+		return Tenant{}, fmt.Errorf("creating tenant %q with %d workers: %w",
+			t.ID, t.WorkerCount, ErrInvalidWorkerCount)
+	}
+
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		return createTenantTx(ctx, tx, &t)
+	})
+	if err != nil {
+		return Tenant{}, fmt.Errorf("creating tenant %q: %w", t.ID, withContext(ctx, err))
+	}
+	p.logger.Info("persistence: created tenant", "tenant_id", t.ID, "partition", partitionName(t.ID))
+	return t, nil
+}
+
+func createTenantTx(ctx context.Context, tx pgx.Tx, t *Tenant) error {
+	partition := partitionName(t.ID)
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'"); err != nil {
+		return err
+	}
+
+	err := tx.QueryRow(ctx, `
+		INSERT INTO tenants (id, name, worker_count, partition_name)
+		VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO NOTHING
+		RETURNING created_at`,
+		t.ID, t.Name, t.WorkerCount, partition,
+	).Scan(&t.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrTenantExists
+	}
+	if err != nil {
+		return err
+	}
+
+	table := pgx.Identifier{partition}.Sanitize()
+	if _, err := tx.Exec(ctx, "CREATE TABLE "+table+" (LIKE messages INCLUDING DEFAULTS)"); err != nil {
+		return fmt.Errorf("creating partition %s: %w", table, err)
+	}
+	attach := "ALTER TABLE messages ATTACH PARTITION " + table +
+		" FOR VALUES IN (" + quoteLiteral(t.ID) + ")"
+	if _, err := tx.Exec(ctx, attach); err != nil {
+		return fmt.Errorf("attaching partition %s: %w", table, err)
+	}
+	return nil
+}
+
+// GetTenant returns the tenant or ErrTenantNotFound.
+func (p *Postgres) GetTenant(ctx context.Context, id string) (Tenant, error) {
+	rows, _ := p.pool.Query(ctx,
+		`SELECT id, name, worker_count, created_at FROM tenants WHERE id = $1`, id)
+	t, err := pgx.CollectExactlyOneRow(rows, scanTenant)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tenant{}, fmt.Errorf("getting tenant %q: %w", id, ErrTenantNotFound)
+	}
+	if err != nil {
+		return Tenant{}, fmt.Errorf("getting tenant %q: %w", id, withContext(ctx, err))
+	}
+	return t, nil
+}
+
+// ListTenants returns every tenant, ordered by created_at, then id.
+func (p *Postgres) ListTenants(ctx context.Context) ([]Tenant, error) {
+	rows, _ := p.pool.Query(ctx,
+		`SELECT id, name, worker_count, created_at FROM tenants ORDER BY created_at, id`)
+	tenants, err := pgx.CollectRows(rows, scanTenant)
+	if err != nil {
+		return nil, fmt.Errorf("listing tenants: %w", withContext(ctx, err))
+	}
+	return tenants, nil
+}
+
+// SetWorkerCount changes a tenant's worker count and returns the updated
+// tenant, or ErrTenantNotFound.
+func (p *Postgres) SetWorkerCount(ctx context.Context, id string, n int) (Tenant, error) {
+	if n < 1 {
+		return Tenant{}, fmt.Errorf("setting worker count of tenant %q to %d: %w",
+			id, n, ErrInvalidWorkerCount)
+	}
+	rows, _ := p.pool.Query(ctx, `
+		UPDATE tenants SET worker_count = $2 WHERE id = $1
+		RETURNING id, name, worker_count, created_at`, id, n)
+	t, err := pgx.CollectExactlyOneRow(rows, scanTenant)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tenant{}, fmt.Errorf("setting worker count of tenant %q: %w", id, ErrTenantNotFound)
+	}
+	if err != nil {
+		return Tenant{}, fmt.Errorf("setting worker count of tenant %q: %w", id, withContext(ctx, err))
+	}
+	return t, nil
+}
+
+// DeleteTenant deletes the tenant row and drops its partition, with every
+// message in it, in one transaction. It waits at most 3 s for the lock on
+// messages and then returns an error that IsRetryable accepts.
+func (p *Postgres) DeleteTenant(ctx context.Context, id string) error {
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'"); err != nil {
+			return err
+		}
+		var partition string
+		err := tx.QueryRow(ctx,
+			`DELETE FROM tenants WHERE id = $1 RETURNING partition_name`, id).Scan(&partition)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrTenantNotFound
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{partition}.Sanitize())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("deleting tenant %q: %w", id, withContext(ctx, err))
+	}
+	p.logger.Info("persistence: deleted tenant", "tenant_id", id)
+	return nil
+}
+
+func scanTenant(row pgx.CollectableRow) (Tenant, error) {
+	var t Tenant
+	err := row.Scan(&t.ID, &t.Name, &t.WorkerCount, &t.CreatedAt)
+	return t, err
+}
