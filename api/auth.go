@@ -1,0 +1,322 @@
+package api
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/julienschmidt/httprouter"
+)
+
+// Roles a token can carry.
+const (
+	RoleAdmin  = "admin"
+	RoleTenant = "tenant"
+)
+
+const (
+	// tokenLeeway absorbs clock skew when checking exp, nbf and iat.
+	tokenLeeway = 30 * time.Second
+	// maxTokenBytes bounds the work spent on one token. Tokens signed by
+	// SignToken are about 250 bytes.
+	maxTokenBytes = 4096
+
+	authRealm = "messaging"
+)
+
+// Claims are the claims of an API token. A tenant token carries the tenant
+// id and an admin token carries none.
+type Claims struct {
+	Role     string `json:"role"`
+	TenantID string `json:"tenant_id,omitempty"`
+	jwt.RegisteredClaims
+}
+
+var _ jwt.ClaimsValidator = (*Claims)(nil)
+
+// claimsError is the reason a correctly signed token's role or tenant_id
+// is rejected.
+type claimsError string
+
+func (e claimsError) Error() string { return string(e) }
+
+// Validate checks role and tenant_id. The JWT parser calls it after the
+// time-based checks.
+func (c *Claims) Validate() error {
+	switch c.Role {
+	case RoleAdmin:
+		if c.TenantID != "" {
+			return claimsError("an admin token must not carry tenant_id")
+		}
+	case RoleTenant:
+		if !validTenantID(c.TenantID) {
+			return claimsError("a tenant token needs a tenant_id matching " + tenantIDPattern)
+		}
+	default:
+		return claimsError("the role claim must be admin or tenant")
+	}
+	return nil
+}
+
+// SignToken returns an HS256 token for claims that expires after ttl. It
+// sets iat and exp and overwrites any values claims already had for them.
+func SignToken(secret []byte, claims Claims, ttl time.Duration) (string, error) {
+	if err := checkSecret(secret); err != nil {
+		return "", fmt.Errorf("signing token: %w", err)
+	}
+	if ttl <= 0 {
+		return "", fmt.Errorf("signing token: ttl must be positive, got %s", ttl)
+	}
+	if err := claims.Validate(); err != nil {
+		return "", fmt.Errorf("signing token: %w", err)
+	}
+
+	now := time.Now()
+	claims.IssuedAt = jwt.NewNumericDate(now)
+	claims.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	signed, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+	if err != nil {
+		return "", fmt.Errorf("signing token: %w", err)
+	}
+	return signed, nil
+}
+
+func checkSecret(secret []byte) error {
+	if len(secret) < minSecretBytes {
+		return fmt.Errorf("the HS256 secret has %d bytes, need at least %d (generate one with 'openssl rand -hex 32')",
+			len(secret), minSecretBytes)
+	}
+	return nil
+}
+
+// deriveKey returns a key for purpose that is independent of secret's other
+// uses.
+func deriveKey(secret []byte, purpose string) []byte {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(purpose))
+	return mac.Sum(nil)
+}
+
+// parseToken verifies an HS256 token and its claims. exp is required; nbf
+// and iat are checked when present, each with tokenLeeway.
+func parseToken(secret []byte, token string) (*Claims, error) {
+	if len(token) > maxTokenBytes {
+		return nil, fmt.Errorf("%w: token is longer than %d bytes", jwt.ErrTokenMalformed, maxTokenBytes)
+	}
+	parser := jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(tokenLeeway),
+		jwt.WithStrictDecoding(),
+	)
+	claims := &Claims{}
+	_, err := parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		if t.Method != jwt.SigningMethodHS256 {
+			return nil, fmt.Errorf("unexpected signing method %v", t.Header["alg"])
+		}
+		return secret, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := checkNumericDates(token); err != nil {
+		return nil, err
+	}
+	return claims, nil
+}
+
+// checkNumericDates rejects exp, nbf and iat written as JSON strings, which
+// jwt.NumericDate accepts although RFC 7519 requires numbers. It runs only
+// after the signature has been verified.
+func checkNumericDates(token string) error {
+	parts := strings.Split(token, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return fmt.Errorf("%w: decoding payload: %w", jwt.ErrTokenMalformed, err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &raw); err != nil {
+		return fmt.Errorf("%w: decoding payload: %w", jwt.ErrTokenMalformed, err)
+	}
+	// encoding/json matches member names ignoring case, so "EXP" is exp.
+	for name, v := range raw {
+		if !strings.EqualFold(name, "exp") && !strings.EqualFold(name, "nbf") && !strings.EqualFold(name, "iat") {
+			continue
+		}
+		if string(v) == "null" {
+			continue
+		}
+		if c := v[0]; c != '-' && (c < '0' || c > '9') {
+			return fmt.Errorf("%w: %s must be a number", jwt.ErrTokenMalformed, strings.ToLower(name))
+		}
+	}
+	return nil
+}
+
+// describeTokenError returns why a token was rejected in words that are
+// safe to send back: it never contains any part of the token.
+func describeTokenError(err error) string {
+	var ce claimsError
+	switch {
+	case errors.As(err, &ce):
+		return string(ce)
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "the token has expired"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "the token has no exp claim"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "the token is not valid yet (nbf)"
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "the token is issued in the future (iat)"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "the token signature is invalid or its algorithm is not HS256"
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "the token is malformed"
+	default:
+		return "the token is invalid"
+	}
+}
+
+// errNoToken means the request has no bearer token at all.
+var errNoToken = errors.New("missing bearer token")
+
+// bearerToken returns the token of the request's Authorization header.
+// errNoToken means there is none; any other error means the header is
+// malformed.
+func bearerToken(r *http.Request) (string, error) {
+	values := r.Header.Values("Authorization")
+	if len(values) == 0 {
+		return "", errNoToken
+	}
+	if len(values) > 1 {
+		return "", errors.New("more than one Authorization header")
+	}
+
+	scheme, token, found := strings.Cut(strings.TrimSpace(values[0]), " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		return "", errNoToken
+	}
+	token = strings.TrimLeft(token, " ")
+	if !found || token == "" {
+		return "", errors.New("the Bearer scheme needs a token")
+	}
+	if !isToken68(token) {
+		return "", errors.New("the bearer token contains characters outside base64url")
+	}
+	return token, nil
+}
+
+// isToken68 reports whether s has the token68 syntax of RFC 7235.
+func isToken68(s string) bool {
+	trimmed := strings.TrimRight(s, "=")
+	if trimmed == "" {
+		return false
+	}
+	for i := 0; i < len(trimmed); i++ {
+		c := trimmed[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// authorize applies rule to the request and returns the tenant it acts on.
+// When it returns false it has written the error response.
+func (h *handler) authorize(w http.ResponseWriter, r *http.Request, ps httprouter.Params, rule access) (string, bool) {
+	if rule == public {
+		return "", true
+	}
+	claims, ok := h.authenticate(w, r)
+	if !ok {
+		return "", false
+	}
+
+	switch rule {
+	case adminOnly:
+		if claims.Role != RoleAdmin {
+			forbidden(w, "this route needs an admin token")
+			return "", false
+		}
+		return ps.ByName("id"), true
+	case tenantOnly:
+		if claims.Role != RoleTenant {
+			forbidden(w, "this route needs a tenant token; admins use /api/v1/tenants/{id}/messages")
+			return "", false
+		}
+		return claims.TenantID, true
+	default:
+		id := ps.ByName("id")
+		// A tenant asking for any other tenant gets exactly the response for
+		// an unknown tenant, before any lookup, so that neither the body
+		// nor the timing reveals whether the other tenant exists.
+		if claims.Role == RoleTenant && id != claims.TenantID {
+			tenantNotFound(w)
+			return "", false
+		}
+		return id, true
+	}
+}
+
+// authenticate returns the verified claims of the request's token. When it
+// returns false it has written a 401 response.
+func (h *handler) authenticate(w http.ResponseWriter, r *http.Request) (*Claims, bool) {
+	token, err := bearerToken(r)
+	if errors.Is(err, errNoToken) {
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s"`, authRealm))
+		writeProblem(w, http.StatusUnauthorized, "this route needs an Authorization: Bearer <token> header")
+		return nil, false
+	}
+	if err != nil {
+		challenge(w, "invalid_request", err.Error())
+		writeProblem(w, http.StatusUnauthorized, "invalid Authorization header: "+err.Error())
+		return nil, false
+	}
+
+	claims, err := parseToken(h.cfg.JWTSecret, token)
+	if err != nil {
+		reason := describeTokenError(err)
+		challenge(w, "invalid_token", reason)
+		writeProblem(w, http.StatusUnauthorized, "invalid token: "+reason)
+		return nil, false
+	}
+	return claims, true
+}
+
+// challenge sets an RFC 6750 WWW-Authenticate header.
+func challenge(w http.ResponseWriter, code, description string) {
+	w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s", error="%s", error_description="%s"`,
+		authRealm, code, challengeText(description)))
+}
+
+// challengeText keeps the characters RFC 6750 allows in error_description:
+// printable ASCII except double quote and backslash.
+func challengeText(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		switch {
+		case c == '"':
+			b.WriteByte('\'')
+		case c < 0x20 || c > 0x7e || c == '\\':
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func forbidden(w http.ResponseWriter, detail string) {
+	challenge(w, "insufficient_scope", "the token's role lacks access to this route")
+	writeProblem(w, http.StatusForbidden, detail)
+}
