@@ -1,0 +1,319 @@
+// Package config loads the server's settings from defaults, an optional JSON
+// file, environment variables and command-line flags, in that order of
+// increasing precedence, and validates them.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MinJWTSecretBytes is the shortest HS256 secret accepted. RFC 7518 requires
+// a key at least as long as the hash output (256 bits).
+const MinJWTSecretBytes = 32
+
+// Config is every setting of the server. The zero value is not usable: start
+// from Default.
+type Config struct {
+	// DatabaseURL is the PostgreSQL connection string. The server creates the
+	// database when it does not exist and the role may create databases.
+	DatabaseURL string
+	// RabbitMQURL is the AMQP 0-9-1 broker URL.
+	RabbitMQURL string
+	// HTTPAddr is the listen address of the HTTP API, default ":8080".
+	HTTPAddr string
+	// JWTSecret is the HS256 key for API tokens, at least MinJWTSecretBytes
+	// long. Required unless Dev is set.
+	JWTSecret string
+	// DefaultWorkerCount is the worker_count of a tenant created without one,
+	// default 3.
+	DefaultWorkerCount int
+	// MaxWorkerCount is the largest worker_count the API accepts, default 64.
+	MaxWorkerCount int
+	// BatchSize is the number of messages at which a worker flushes its
+	// batch, default 500.
+	BatchSize int
+	// BatchTimeout is the longest a message waits in a worker's batch before
+	// the batch is flushed, default 20ms. A worker also flushes as soon as
+	// no more deliveries are waiting for it.
+	BatchTimeout time.Duration
+	// ShutdownTimeout bounds graceful shutdown, default 30s.
+	ShutdownTimeout time.Duration
+	// TenantSyncInterval is how often the supervisor reloads the tenants
+	// table to pick up tenants created or removed outside this process,
+	// default 5s.
+	TenantSyncInterval time.Duration
+	// LogLevel is debug, info, warn or error, default info.
+	LogLevel string
+	// LogFormat is json or text, default json.
+	LogFormat string
+	// Dev creates and keeps a random local JWT secret when JWTSecret is
+	// empty. Never enable it in production.
+	Dev bool
+	// DevSecretFile is where Dev keeps its secret, default
+	// $XDG_CONFIG_HOME/messaging-server/dev-jwt-secret.
+	DevSecretFile string
+}
+
+// Default returns the settings used when nothing else is configured. They
+// match the compose file and local services on their standard ports.
+func Default() Config {
+	return Config{
+		DatabaseURL:        "postgres://postgres:postgres@localhost:5432/messaging?sslmode=disable",
+		RabbitMQURL:        "amqp://guest:guest@localhost:5672/",
+		HTTPAddr:           ":8080",
+		DefaultWorkerCount: 3,
+		MaxWorkerCount:     64,
+		BatchSize:          500,
+		BatchTimeout:       20 * time.Millisecond,
+		ShutdownTimeout:    30 * time.Second,
+		TenantSyncInterval: 5 * time.Second,
+		LogLevel:           "info",
+		LogFormat:          "json",
+	}
+}
+
+// setting is one configuration value with its file key, environment
+// variable and flag name.
+type setting struct {
+	key   string // JSON file key; the flag is the same with dashes
+	env   string
+	usage string
+	set   func(c *Config, v string) error
+}
+
+func settings() []setting {
+	return []setting{
+		{"database_url", "DATABASE_URL", "PostgreSQL connection URL", setString(func(c *Config) *string { return &c.DatabaseURL })},
+		{"rabbitmq_url", "RABBITMQ_URL", "RabbitMQ AMQP URL", setString(func(c *Config) *string { return &c.RabbitMQURL })},
+		{"http_addr", "HTTP_ADDR", "HTTP listen address", setString(func(c *Config) *string { return &c.HTTPAddr })},
+		{"jwt_secret", "JWT_SECRET", "HS256 secret for API tokens (at least 32 bytes)", setString(func(c *Config) *string { return &c.JWTSecret })},
+		{"default_worker_count", "DEFAULT_WORKER_COUNT", "worker_count of a tenant created without one", setInt(func(c *Config) *int { return &c.DefaultWorkerCount })},
+		{"max_worker_count", "MAX_WORKER_COUNT", "largest worker_count the API accepts", setInt(func(c *Config) *int { return &c.MaxWorkerCount })},
+		{"batch_size", "BATCH_SIZE", "messages per batch insert", setInt(func(c *Config) *int { return &c.BatchSize })},
+		{"batch_timeout", "BATCH_TIMEOUT", "longest wait before a partial batch is flushed (duration, e.g. 20ms)", setDuration(func(c *Config) *time.Duration { return &c.BatchTimeout })},
+		{"shutdown_timeout", "SHUTDOWN_TIMEOUT", "graceful shutdown deadline (duration)", setDuration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+		{"tenant_sync_interval", "TENANT_SYNC_INTERVAL", "how often the tenants table is reloaded (duration)", setDuration(func(c *Config) *time.Duration { return &c.TenantSyncInterval })},
+		{"log_level", "LOG_LEVEL", "log level: debug, info, warn or error", setString(func(c *Config) *string { return &c.LogLevel })},
+		{"log_format", "LOG_FORMAT", "log format: json or text", setString(func(c *Config) *string { return &c.LogFormat })},
+		{"dev_secret_file", "DEV_SECRET_FILE", "file where -dev keeps its generated JWT secret", setString(func(c *Config) *string { return &c.DevSecretFile })},
+	}
+}
+
+// legacyKeys maps file keys of the original go-messaging-system to their
+// current names.
+var legacyKeys = map[string]string{
+	"concurrency": "default_worker_count",
+}
+
+func setString(field func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		*field(c) = v
+		return nil
+	}
+}
+
+func setInt(field func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", v)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+func setDuration(field func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not a duration such as 250ms or 30s", v)
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+// Load builds the configuration from args (without the program name and
+// subcommand), the environment given by getenv, and the JSON file named by
+// -config. Unknown file keys are logged as warnings, so an older file keeps
+// working.
+func Load(args []string, getenv func(string) string, logger *slog.Logger) (Config, error) {
+	c := Default()
+	all := settings()
+
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	configFile := fs.String("config", getenv("CONFIG_FILE"), "JSON configuration file (keys in snake_case)")
+	dev := fs.Bool("dev", false, "development mode: create and keep a local random JWT secret when none is set")
+	flagValues := make(map[string]*string, len(all))
+	for _, s := range all {
+		flagValues[s.key] = fs.String(flagName(s.key), "", s.usage+" (env "+s.env+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, fmt.Errorf("parse flags: %w\n%s", err, Usage())
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q\n%s", fs.Arg(0), Usage())
+	}
+	c.Dev = *dev
+
+	if *configFile != "" {
+		if err := applyFile(&c, *configFile, all, logger); err != nil {
+			return c, err
+		}
+	}
+	for _, s := range all {
+		if v := getenv(s.env); v != "" {
+			if err := s.set(&c, v); err != nil {
+				return c, fmt.Errorf("invalid %s: %w", s.env, err)
+			}
+		}
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, s := range all {
+		if set[flagName(s.key)] {
+			if err := s.set(&c, *flagValues[s.key]); err != nil {
+				return c, fmt.Errorf("invalid -%s: %w", flagName(s.key), err)
+			}
+		}
+	}
+	return c, c.Validate()
+}
+
+func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+
+// Usage returns the help text listing every flag and its variable.
+func Usage() string {
+	var b strings.Builder
+	b.WriteString("Flags (each also settable by the environment variable shown):\n")
+	b.WriteString("  -config FILE\n\tJSON configuration file with snake_case keys (env CONFIG_FILE)\n")
+	b.WriteString("  -dev\n\tdevelopment mode: generate and keep a local JWT secret when none is set\n")
+	for _, s := range settings() {
+		fmt.Fprintf(&b, "  -%s VALUE\n\t%s (env %s)\n", flagName(s.key), s.usage, s.env)
+	}
+	return b.String()
+}
+
+func applyFile(c *Config, path string, all []setting, logger *slog.Logger) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return fmt.Errorf("parse config file %s: %w", path, err)
+	}
+	byKey := make(map[string]setting, len(all))
+	for _, s := range all {
+		byKey[s.key] = s
+	}
+
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name := k
+		if current, ok := legacyKeys[k]; ok {
+			if _, both := raw[current]; both {
+				continue // the current key wins over its legacy name
+			}
+			name = current
+		}
+		s, ok := byKey[name]
+		if !ok {
+			logger.Warn("config: unknown key in config file is ignored", "file", path, "key", k)
+			continue
+		}
+		v, err := scalarString(raw[k])
+		if err == nil {
+			err = s.set(c, v)
+		}
+		if err != nil {
+			return fmt.Errorf("config file %s: invalid %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// scalarString returns a JSON string, number or boolean as text.
+func scalarString(v json.RawMessage) (string, error) {
+	var s string
+	if err := json.Unmarshal(v, &s); err == nil {
+		return s, nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(v, &n); err == nil {
+		return n.String(), nil
+	}
+	var b bool
+	if err := json.Unmarshal(v, &b); err == nil {
+		return strconv.FormatBool(b), nil
+	}
+	return "", errors.New("must be a string or a number")
+}
+
+// Validate reports the first invalid setting, naming it and the fix.
+func (c *Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.DatabaseURL != "", "DATABASE_URL is empty: set it to a postgres:// URL")
+	check(c.RabbitMQURL != "", "RABBITMQ_URL is empty: set it to an amqp:// URL")
+	check(c.HTTPAddr != "", "HTTP_ADDR is empty: set it to a listen address such as :8080")
+	check(c.MaxWorkerCount >= 1 && c.MaxWorkerCount <= 1024,
+		"MAX_WORKER_COUNT is %d: it must be between 1 and 1024", c.MaxWorkerCount)
+	check(c.DefaultWorkerCount >= 1 && c.DefaultWorkerCount <= c.MaxWorkerCount,
+		"DEFAULT_WORKER_COUNT is %d: it must be between 1 and MAX_WORKER_COUNT (%d)", c.DefaultWorkerCount, c.MaxWorkerCount)
+	check(c.BatchSize >= 1 && c.BatchSize <= 10000, "BATCH_SIZE is %d: it must be between 1 and 10000", c.BatchSize)
+	check(c.BatchTimeout > 0 && c.BatchTimeout <= time.Minute,
+		"BATCH_TIMEOUT is %s: it must be more than 0 and at most 1m", c.BatchTimeout)
+	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT is %s: it must be more than 0", c.ShutdownTimeout)
+	check(c.TenantSyncInterval > 0, "TENANT_SYNC_INTERVAL is %s: it must be more than 0", c.TenantSyncInterval)
+	_, levelErr := ParseLevel(c.LogLevel)
+	check(levelErr == nil, "LOG_LEVEL is %q: use debug, info, warn or error", c.LogLevel)
+	check(c.LogFormat == "json" || c.LogFormat == "text", "LOG_FORMAT is %q: use json or text", c.LogFormat)
+	if c.JWTSecret != "" {
+		check(len(c.JWTSecret) >= MinJWTSecretBytes,
+			"JWT_SECRET is %d bytes: it must be at least %d; generate one with 'openssl rand -hex 32'",
+			len(c.JWTSecret), MinJWTSecretBytes)
+	} else {
+		check(c.Dev, "JWT_SECRET is not set: set it to at least %d random bytes (for example "+
+			"export JWT_SECRET=$(openssl rand -hex 32)), or pass -dev for a local development secret",
+			MinJWTSecretBytes)
+	}
+	return errors.Join(errs...)
+}
+
+// ParseLevel converts a LOG_LEVEL value to a slog level.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(s))
+	return l, err
+}
+
+// NewLogger builds the server's logger from LogLevel and LogFormat.
+func (c *Config) NewLogger(w io.Writer) *slog.Logger {
+	level, _ := ParseLevel(c.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

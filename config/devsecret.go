@@ -1,0 +1,93 @@
+package config
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// DevSecretPath returns the file where development mode keeps its secret.
+func (c *Config) DevSecretPath() (string, error) {
+	if c.DevSecretFile != "" {
+		return c.DevSecretFile, nil
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("find a directory for the development secret: %w; set DEV_SECRET_FILE", err)
+	}
+	return filepath.Join(dir, "messaging-server", "dev-jwt-secret"), nil
+}
+
+// EnsureDevSecret fills JWTSecret in development mode: it reads the secret
+// kept by an earlier run, or creates a random one and keeps it with mode
+// 0600, so tokens minted by the token command stay valid across restarts.
+// It returns whether it set the secret. It does nothing when JWTSecret is
+// already set or Dev is off.
+func (c *Config) EnsureDevSecret() (bool, error) {
+	if c.JWTSecret != "" || !c.Dev {
+		return false, nil
+	}
+	path, err := c.DevSecretPath()
+	if err != nil {
+		return false, err
+	}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		secret := strings.TrimSpace(string(data))
+		if len(secret) < MinJWTSecretBytes {
+			return false, fmt.Errorf("development secret in %s is shorter than %d bytes: delete the file to generate a new one",
+				path, MinJWTSecretBytes)
+		}
+		c.JWTSecret = secret
+		return true, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return false, fmt.Errorf("read development secret: %w", err)
+	}
+
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return false, fmt.Errorf("generate development secret: %w", err)
+	}
+	secret := hex.EncodeToString(buf)
+	if err := writeOnce(path, secret+"\n"); errors.Is(err, fs.ErrExist) {
+		// Another process created it first: use that one.
+		return c.EnsureDevSecret()
+	} else if err != nil {
+		return false, err
+	}
+	c.JWTSecret = secret
+	return true, nil
+}
+
+// writeOnce creates path with content and mode 0600 unless it exists, in
+// which case it returns an error wrapping fs.ErrExist. The file appears
+// whole or not at all: it is written under a temporary name and then
+// hard-linked into place.
+func writeOnce(path, content string) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create directory for development secret: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".dev-jwt-secret-*")
+	if err != nil {
+		return fmt.Errorf("write development secret: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(content)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write development secret: %w", err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write development secret: %w", err)
+	}
+	return nil
+}
