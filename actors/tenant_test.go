@@ -1,0 +1,224 @@
+package actors_test
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stretchr/testify/require"
+
+	"github.com/go-messaging-system/messaging/actors"
+	"github.com/go-messaging-system/messaging/persistence"
+	"github.com/go-messaging-system/messaging/transport"
+)
+
+func TestTenantStoresEveryMessageOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{BatchSize: 50}, nil)
+	f.spawn(3)
+
+	f.publish("m", 0, 2000)
+	f.waitCount(2000, 60*time.Second)
+
+	st := f.request(&actors.GetStatus{}).(*actors.Status)
+	require.Equal(t, 3, st.WorkersRunning)
+	require.True(t, st.ConsumerRunning)
+	eventually(t, 10*time.Second, "persisted counter at 2000", func() bool {
+		return f.counter(f.metrics.Persisted, f.tenant) == 2000
+	})
+	require.Equal(t, 2000.0, f.counter(f.metrics.Received, f.tenant))
+	require.Zero(t, f.counter(f.metrics.Duplicates, f.tenant))
+
+	// After a graceful stop nothing is left unacked: the queue is empty.
+	f.request(&actors.Stop{})
+	require.Zero(t, f.queueDepth(transport.QueueName(f.tenant)))
+}
+
+func TestTenantSkipsRedeliveredMessageIDs(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{}, nil)
+	f.spawn(2)
+
+	f.publish("dup", 0, 300)
+	f.waitCount(300, 30*time.Second)
+	f.publish("dup", 100, 300) // 200 known ids, 100 new
+	f.waitCount(400, 30*time.Second)
+	eventually(t, 10*time.Second, "200 duplicates counted", func() bool {
+		return f.counter(f.metrics.Duplicates, f.tenant) == 200
+	})
+}
+
+func TestTenantResizeUnderLoad(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{BatchSize: 20}, nil)
+	f.spawn(3)
+
+	const total = 6000
+	var wg sync.WaitGroup
+	for p := 0; p < 3; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.publish(fmt.Sprintf("p%d", p), 0, total/3)
+		}()
+	}
+	for _, n := range []int{8, 1, 5, 2, 4} {
+		st := f.request(&actors.Resize{WorkerCount: n}).(*actors.Status)
+		require.Equal(t, n, st.WorkerCount)
+		time.Sleep(100 * time.Millisecond)
+	}
+	wg.Wait()
+
+	f.waitCount(total, 60*time.Second)
+	eventually(t, 20*time.Second, "4 live workers", func() bool { return f.state.WorkersRunning() == 4 })
+	eventually(t, 10*time.Second, "persisted counter at total", func() bool {
+		return f.counter(f.metrics.Persisted, f.tenant) == total
+	})
+	require.Zero(t, f.counter(f.metrics.Duplicates, f.tenant), "a resize must not redeliver settled messages")
+	require.Equal(t, 4.0, gaugeValue(t, f, "messaging_workers_live"))
+
+	f.request(&actors.Stop{})
+	require.Zero(t, f.queueDepth(transport.QueueName(f.tenant)))
+}
+
+func TestWorkerCrashRequeuesBatch(t *testing.T) {
+	t.Parallel()
+	var crashes sync.Map
+	wrap := func(s actors.Store) actors.Store {
+		return &faultyStore{Store: s, fail: func(msgs []persistence.Message) error {
+			for _, m := range msgs {
+				if strings.Contains(string(m.Payload), "crash-once") {
+					if _, done := crashes.LoadOrStore(m.MessageID, true); !done {
+						panic("injected worker crash")
+					}
+				}
+			}
+			return nil
+		}}
+	}
+	f := setup(t, actors.Options{BatchSize: 100, RestartMin: 10 * time.Millisecond}, wrap)
+	f.spawn(2)
+
+	f.publish("ok", 0, 200)
+	f.publishRaw("crash-1", []byte(`{"kind":"crash-once"}`))
+	f.publish("ok", 200, 200)
+
+	f.waitCount(401, 30*time.Second)
+	eventually(t, 10*time.Second, "one restart counted", func() bool {
+		return f.counter(f.metrics.WorkerRestarts, f.tenant) == 1
+	})
+	eventually(t, 10*time.Second, "2 live workers again", func() bool { return f.state.WorkersRunning() == 2 })
+	require.Empty(t, f.deadLetters(1, 500*time.Millisecond))
+}
+
+func TestWorkerDeadLettersCrashLoop(t *testing.T) {
+	t.Parallel()
+	wrap := func(s actors.Store) actors.Store {
+		return &faultyStore{Store: s, fail: func(msgs []persistence.Message) error {
+			for _, m := range msgs {
+				if strings.Contains(string(m.Payload), "crash-always") {
+					panic("injected worker crash")
+				}
+			}
+			return nil
+		}}
+	}
+	f := setup(t, actors.Options{BatchSize: 100, MaxAttempts: 3, RestartMin: 10 * time.Millisecond,
+		RestartMax: 50 * time.Millisecond}, wrap)
+	f.spawn(2)
+
+	f.publish("ok", 0, 100)
+	f.publishRaw("poison", []byte(`{"kind":"crash-always"}`))
+	f.publish("ok", 100, 100)
+
+	f.waitCount(200, 30*time.Second)
+	dead := f.deadLetters(1, 30*time.Second)
+	require.Len(t, dead, 1)
+	require.Equal(t, "poison", dead[0].MessageId)
+	require.Equal(t, actors.ReasonMaxAttempts, dead[0].Headers["x-death-reason"])
+	require.GreaterOrEqual(t, f.counter(f.metrics.WorkerRestarts, f.tenant), 3.0)
+	require.Equal(t, 1.0, f.counter(f.metrics.DeadLettered, f.tenant, actors.ReasonMaxAttempts))
+}
+
+func TestWorkerDeadLettersPoisonMessages(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{BatchSize: 100, MaxPayloadBytes: 1024}, nil)
+	f.spawn(1)
+
+	f.publish("ok", 0, 50)
+	f.publishRaw("bad-json", []byte(`{"unterminated": `))
+	f.publishRaw("too-large", []byte(`{"pad":"`+strings.Repeat("x", 2000)+`"}`))
+	f.publishRaw("nul", []byte(`{"text":"a\u0000b"}`))
+	f.publish("ok", 50, 50)
+
+	f.waitCount(100, 30*time.Second)
+	dead := f.deadLetters(3, 30*time.Second)
+	require.Len(t, dead, 3)
+	reasons := map[string]any{}
+	for _, d := range dead {
+		reasons[d.MessageId] = d.Headers["x-death-reason"]
+		require.NotEmpty(t, d.Headers["x-death-detail"])
+	}
+	require.Equal(t, actors.ReasonInvalidJSON, reasons["bad-json"])
+	require.Equal(t, actors.ReasonTooLarge, reasons["too-large"])
+	require.Equal(t, actors.ReasonRejected, reasons["nul"])
+}
+
+func TestWorkerRetriesTransientErrors(t *testing.T) {
+	t.Parallel()
+	var failures sync.Map
+	wrap := func(s actors.Store) actors.Store {
+		fs := &faultyStore{Store: s}
+		fs.fail = func([]persistence.Message) error {
+			if fs.hits.Load() < 3 {
+				failures.Store(fs.hits.Load(), true)
+				return &pgconn.PgError{Code: "40001", Message: "injected serialization failure"}
+			}
+			return nil
+		}
+		return fs
+	}
+	f := setup(t, actors.Options{RetryMin: 5 * time.Millisecond}, wrap)
+	f.spawn(1)
+
+	f.publish("r", 0, 100)
+	f.waitCount(100, 30*time.Second)
+	require.GreaterOrEqual(t, f.counter(f.metrics.BatchRetries, f.tenant), 3.0)
+	require.Zero(t, f.counter(f.metrics.Duplicates, f.tenant))
+}
+
+func TestTenantStopKeepsUnstoredMessagesQueued(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{BatchSize: 10}, nil)
+	f.publish("s", 0, 3000)
+	f.spawn(2)
+
+	time.Sleep(50 * time.Millisecond)
+	f.request(&actors.Stop{})
+	stored := f.count()
+	queued := f.queueDepth(transport.QueueName(f.tenant))
+	require.Equal(t, int64(3000), stored+int64(queued), "stored %d, queued %d", stored, queued)
+}
+
+func gaugeValue(t *testing.T, f *fixture, name string) float64 {
+	t.Helper()
+	families, err := f.reg.Gather()
+	require.NoError(t, err)
+	for _, fam := range families {
+		if fam.GetName() != name {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "tenant" && l.GetValue() == f.tenant {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s series for tenant %s", name, f.tenant)
+	return 0
+}
