@@ -1,0 +1,280 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/go-messaging-system/messaging/actors"
+	"github.com/go-messaging-system/messaging/persistence"
+)
+
+// Requests to the root actor. Each is answered with a *reply.
+type (
+	loadRequest   struct{}
+	createRequest struct{ tenant persistence.Tenant }
+	resizeRequest struct {
+		id          string
+		workerCount int
+	}
+	deleteRequest   struct{ id string }
+	shutdownRequest struct{}
+	syncTick        struct{}
+)
+
+type reply struct {
+	value any
+	err   error
+}
+
+// rootActor is the top of the actor tree. It alone writes sup.entries.
+type rootActor struct {
+	sup    *Supervisor
+	store  Store
+	broker Broker
+	deps   *actors.Deps
+	logger *slog.Logger
+
+	syncTimer *time.Timer
+	stopping  bool
+}
+
+// Receive handles one message of the root actor's mailbox.
+func (r *rootActor) Receive(c actor.Context) {
+	switch m := c.Message().(type) {
+	case *loadRequest:
+		err := r.sync(c)
+		c.Respond(&reply{err: err})
+		r.scheduleSync(c)
+	case *syncTick:
+		if err := r.sync(c); err != nil {
+			r.logger.Warn("supervisor: tenant sync failed", "err", err)
+		}
+		r.scheduleSync(c)
+	case *createRequest:
+		r.create(c, m.tenant)
+	case *resizeRequest:
+		r.resize(c, m)
+	case *deleteRequest:
+		r.delete(c, m.id)
+	case *shutdownRequest:
+		r.shutdown(c)
+	case *actor.Stopping:
+		if r.syncTimer != nil {
+			r.syncTimer.Stop()
+		}
+	}
+}
+
+func (r *rootActor) ctx() context.Context { return r.deps.Context }
+
+func (r *rootActor) scheduleSync(c actor.Context) {
+	if r.stopping {
+		return
+	}
+	self, root := c.Self(), c.ActorSystem().Root
+	r.syncTimer = time.AfterFunc(r.sup.cfg.SyncInterval, func() { root.Send(self, &syncTick{}) })
+}
+
+// sync makes the running tenant actors match the tenants table: it starts
+// missing ones, stops those whose row is gone and applies changed worker
+// counts. Tenants being deleted are left alone.
+func (r *rootActor) sync(c actor.Context) error {
+	if r.stopping {
+		return nil
+	}
+	tenants, err := r.store.ListTenants(r.ctx())
+	if err != nil {
+		return fmt.Errorf("list tenants: %w", err)
+	}
+	seen := make(map[string]bool, len(tenants))
+	var errs []error
+	for _, t := range tenants {
+		seen[t.ID] = true
+		e := r.sup.entries[t.ID]
+		switch {
+		case e == nil:
+			if err := r.start(c, t); err != nil {
+				errs = append(errs, err)
+			}
+		case !e.deleting && e.workerCount != t.WorkerCount:
+			r.logger.Info("supervisor: worker count changed in the tenants table", "tenant_id", t.ID,
+				"worker_count", t.WorkerCount)
+			e.workerCount = t.WorkerCount
+			c.Send(e.pid, &actors.Resize{WorkerCount: t.WorkerCount})
+		}
+	}
+	for id, e := range r.sup.entries {
+		if !seen[id] && !e.deleting {
+			r.logger.Info("supervisor: tenant row is gone; stopping its actor", "tenant_id", id)
+			r.stopTenant(c, id, e, func() { r.forget(id) })
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// start declares the tenant's queues and spawns its actor.
+func (r *rootActor) start(c actor.Context, t persistence.Tenant) error {
+	if err := r.broker.DeclareTenant(r.ctx(), t.ID); err != nil {
+		return fmt.Errorf("declare queues of tenant %s: %w", t.ID, err)
+	}
+	state := &actors.TenantState{}
+	pid := c.Spawn(actors.NewTenantProps(t.ID, t.WorkerCount, r.deps, state))
+	r.sup.mu.Lock()
+	r.sup.entries[t.ID] = &entry{pid: pid, state: state, workerCount: t.WorkerCount}
+	n := len(r.sup.entries)
+	r.sup.mu.Unlock()
+	r.deps.Metrics.Tenants.Set(float64(n))
+	r.logger.Info("supervisor: tenant started", "tenant_id", t.ID, "worker_count", t.WorkerCount)
+	return nil
+}
+
+func (r *rootActor) create(c actor.Context, t persistence.Tenant) {
+	fail := func(err error) { c.Respond(&reply{err: err}) }
+	if r.stopping {
+		fail(ErrStopped)
+		return
+	}
+	if _, ok := r.sup.entries[t.ID]; ok {
+		fail(persistence.ErrTenantExists)
+		return
+	}
+	created, err := r.store.CreateTenant(r.ctx(), t)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if err := r.start(c, created); err != nil {
+		if dErr := r.store.DeleteTenant(r.ctx(), created.ID); dErr != nil {
+			r.logger.Error("supervisor: roll back of tenant creation failed", "tenant_id", created.ID, "err", dErr)
+		}
+		fail(err)
+		return
+	}
+	// The tenant actor handles Started before this request, so the status
+	// already counts its workers.
+	f := c.RequestFuture(r.sup.entries[created.ID].pid, &actors.GetStatus{}, r.sup.cfg.RequestTimeout)
+	c.ReenterAfter(f, func(res any, _ error) {
+		c.Respond(&reply{value: withStatus(created, res)})
+	})
+}
+
+func (r *rootActor) resize(c actor.Context, m *resizeRequest) {
+	e := r.sup.entries[m.id]
+	if e == nil || e.deleting || r.stopping {
+		c.Respond(&reply{err: persistence.ErrTenantNotFound})
+		return
+	}
+	t, err := r.store.SetWorkerCount(r.ctx(), m.id, m.workerCount)
+	if err != nil {
+		c.Respond(&reply{err: err})
+		return
+	}
+	e.workerCount = t.WorkerCount
+	f := c.RequestFuture(e.pid, &actors.Resize{WorkerCount: t.WorkerCount}, r.sup.cfg.RequestTimeout)
+	c.ReenterAfter(f, func(res any, err error) {
+		if err != nil {
+			c.Respond(&reply{err: fmt.Errorf("resize tenant actor: %w", err)})
+			return
+		}
+		c.Respond(&reply{value: withStatus(t, res)})
+	})
+}
+
+func (r *rootActor) delete(c actor.Context, id string) {
+	e := r.sup.entries[id]
+	if e == nil || e.deleting {
+		// The row may exist without an actor (created outside this
+		// process since the last sync): delete what is there.
+		if e == nil {
+			c.Respond(&reply{err: r.removeTenant(id)})
+			return
+		}
+		c.Respond(&reply{err: persistence.ErrTenantNotFound})
+		return
+	}
+	r.stopTenant(c, id, e, func() {
+		err := r.removeTenant(id)
+		r.forget(id)
+		c.Respond(&reply{err: err})
+	})
+}
+
+// removeTenant deletes the tenant's row and partition, then its queues.
+func (r *rootActor) removeTenant(id string) error {
+	if err := r.store.DeleteTenant(r.ctx(), id); err != nil {
+		return err
+	}
+	if err := r.broker.DeleteTenant(r.ctx(), id); err != nil {
+		return fmt.Errorf("delete queues of tenant %s: %w", id, err)
+	}
+	r.logger.Info("supervisor: tenant deleted", "tenant_id", id)
+	return nil
+}
+
+// stopTenant stops a tenant actor gracefully and runs then once it has
+// terminated.
+func (r *rootActor) stopTenant(c actor.Context, id string, e *entry, then func()) {
+	r.sup.mu.Lock()
+	e.deleting = true
+	r.sup.mu.Unlock()
+	timeout := r.deps.Options.DrainTimeout + 5*time.Second
+	f := c.RequestFuture(e.pid, &actors.Stop{}, timeout)
+	c.ReenterAfter(f, func(_ any, err error) {
+		if err != nil {
+			r.logger.Warn("supervisor: tenant actor did not stop gracefully", "tenant_id", id, "err", err)
+		}
+		c.ReenterAfter(c.StopFuture(e.pid), func(any, error) { then() })
+	})
+}
+
+// forget drops the entry and the tenant's metric series.
+func (r *rootActor) forget(id string) {
+	r.sup.mu.Lock()
+	delete(r.sup.entries, id)
+	n := len(r.sup.entries)
+	r.sup.mu.Unlock()
+	r.deps.Metrics.ForgetTenant(id)
+	r.deps.Metrics.Tenants.Set(float64(n))
+}
+
+// shutdown stops every tenant actor gracefully, in parallel, and responds
+// when all have stopped.
+func (r *rootActor) shutdown(c actor.Context) {
+	r.stopping = true
+	if r.syncTimer != nil {
+		r.syncTimer.Stop()
+	}
+	remaining := 0
+	for id, e := range r.sup.entries {
+		if e.deleting {
+			continue
+		}
+		remaining++
+		r.stopTenant(c, id, e, func() {
+			r.forget(id)
+			remaining--
+			if remaining == 0 {
+				c.Respond(&reply{})
+			}
+		})
+	}
+	if remaining == 0 {
+		c.Respond(&reply{})
+	}
+}
+
+// withStatus combines a tenant row with a tenant actor's *actors.Status
+// response; any other response leaves the live counts at zero.
+func withStatus(t persistence.Tenant, res any) Tenant {
+	out := Tenant{Tenant: t}
+	if st, ok := res.(*actors.Status); ok {
+		out.WorkersRunning = st.WorkersRunning
+		out.ConsumerRunning = st.ConsumerRunning
+	}
+	return out
+}

@@ -1,0 +1,250 @@
+// Package supervisor runs the root actor, which spawns one tenant actor per
+// row of the tenants table and keeps that set in step with the table. Tenant
+// creation, resizing and deletion are requests to the root actor, answered
+// once they are done.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/go-messaging-system/messaging/actors"
+	"github.com/go-messaging-system/messaging/persistence"
+)
+
+// ErrStopped is returned by requests made after Shutdown.
+var ErrStopped = errors.New("supervisor stopped")
+
+// Store is what the supervisor needs from the database.
+type Store interface {
+	CreateTenant(ctx context.Context, t persistence.Tenant) (persistence.Tenant, error)
+	GetTenant(ctx context.Context, id string) (persistence.Tenant, error)
+	ListTenants(ctx context.Context) ([]persistence.Tenant, error)
+	SetWorkerCount(ctx context.Context, id string, n int) (persistence.Tenant, error)
+	DeleteTenant(ctx context.Context, id string) error
+}
+
+// Broker is what the supervisor needs from RabbitMQ.
+type Broker interface {
+	DeclareTenant(ctx context.Context, tenantID string) error
+	DeleteTenant(ctx context.Context, tenantID string) error
+}
+
+// Config tunes the supervisor.
+type Config struct {
+	// SyncInterval is how often the tenants table is reloaded, default 5s.
+	SyncInterval time.Duration
+	// RequestTimeout bounds a create, resize or delete, default 60s.
+	RequestTimeout time.Duration
+}
+
+// Tenant is a tenant with its live worker count.
+type Tenant struct {
+	persistence.Tenant
+	WorkersRunning  int
+	ConsumerRunning bool
+}
+
+// entry is one tenant actor known to the supervisor.
+type entry struct {
+	pid         *actor.PID
+	state       *actors.TenantState
+	workerCount int // as last sent to the actor
+	deleting    bool
+}
+
+// Supervisor is the handle of the root actor. Its methods are safe for
+// concurrent use.
+type Supervisor struct {
+	system *actor.ActorSystem
+	pid    *actor.PID
+	store  Store
+	cfg    Config
+	logger *slog.Logger
+
+	mu      sync.RWMutex
+	entries map[string]*entry // written only by the root actor
+	stopped bool
+}
+
+// Start spawns the root actor, which loads every tenant and starts its
+// tenant actor, and returns once that first load is done.
+func Start(ctx context.Context, system *actor.ActorSystem, store Store, broker Broker,
+	deps *actors.Deps, cfg Config) (*Supervisor, error) {
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = 5 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = time.Minute
+	}
+	s := &Supervisor{
+		system:  system,
+		store:   store,
+		cfg:     cfg,
+		logger:  deps.Logger,
+		entries: make(map[string]*entry),
+	}
+	root := &rootActor{sup: s, store: store, broker: broker, deps: deps, logger: deps.Logger}
+	strategy := actors.NewRestartStrategy(200*time.Millisecond, 30*time.Second,
+		func(child *actor.PID, reason any, delay time.Duration) {
+			deps.Logger.Error("supervisor: tenant actor failed; restarting it", "actor", child.Id, "err", reason, "wait", delay)
+		})
+	pid, err := system.Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return root },
+		actor.WithSupervisor(strategy)), "supervisor")
+	if err != nil {
+		return nil, fmt.Errorf("spawn supervisor: %w", err)
+	}
+	s.pid = pid
+
+	if _, err := s.request(ctx, &loadRequest{}); err != nil {
+		system.Root.Stop(pid)
+		return nil, fmt.Errorf("load tenants: %w", err)
+	}
+	return s, nil
+}
+
+// request sends msg to the root actor and waits for its *reply.
+func (s *Supervisor) request(ctx context.Context, msg any) (any, error) {
+	s.mu.RLock()
+	stopped := s.stopped
+	s.mu.RUnlock()
+	if stopped {
+		return nil, ErrStopped
+	}
+	timeout := s.cfg.RequestTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	if timeout <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	res, err := s.system.Root.RequestFuture(s.pid, msg, timeout).Result()
+	if err != nil {
+		return nil, fmt.Errorf("supervisor request %T: %w", msg, err)
+	}
+	r, ok := res.(*reply)
+	if !ok {
+		return nil, fmt.Errorf("supervisor request %T: unexpected response %T", msg, res)
+	}
+	return r.value, r.err
+}
+
+// Create stores a new tenant, declares its queues and starts its actor.
+func (s *Supervisor) Create(ctx context.Context, t persistence.Tenant) (Tenant, error) {
+	v, err := s.request(ctx, &createRequest{tenant: t})
+	if err != nil {
+		return Tenant{}, err
+	}
+	return v.(Tenant), nil
+}
+
+// Resize stores the tenant's new worker count and applies it at runtime.
+func (s *Supervisor) Resize(ctx context.Context, id string, workerCount int) (Tenant, error) {
+	v, err := s.request(ctx, &resizeRequest{id: id, workerCount: workerCount})
+	if err != nil {
+		return Tenant{}, err
+	}
+	return v.(Tenant), nil
+}
+
+// Delete stops the tenant's actor, then removes its row, partition, queues
+// and metric series.
+func (s *Supervisor) Delete(ctx context.Context, id string) error {
+	_, err := s.request(ctx, &deleteRequest{id: id})
+	return err
+}
+
+// Get reads the tenant from the database and adds its live counts.
+func (s *Supervisor) Get(ctx context.Context, id string) (Tenant, error) {
+	t, err := s.store.GetTenant(ctx, id)
+	if err != nil {
+		return Tenant{}, err
+	}
+	return s.withState(t), nil
+}
+
+// List reads every tenant from the database and adds the live counts.
+func (s *Supervisor) List(ctx context.Context) ([]Tenant, error) {
+	ts, err := s.store.ListTenants(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Tenant, len(ts))
+	for i, t := range ts {
+		out[i] = s.withState(t)
+	}
+	return out, nil
+}
+
+func (s *Supervisor) withState(t persistence.Tenant) Tenant {
+	s.mu.RLock()
+	e := s.entries[t.ID]
+	s.mu.RUnlock()
+	out := Tenant{Tenant: t}
+	if e != nil {
+		out.WorkersRunning = e.state.WorkersRunning()
+		out.ConsumerRunning = e.state.ConsumerRunning()
+	}
+	return out
+}
+
+// Running reports whether a tenant actor runs for id and is not being
+// deleted. The HTTP publish path checks it before publishing.
+func (s *Supervisor) Running(id string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e := s.entries[id]
+	return e != nil && !e.deleting
+}
+
+// Ready returns an error naming the tenants whose consumer does not run.
+func (s *Supervisor) Ready() error {
+	s.mu.RLock()
+	var down []string
+	for id, e := range s.entries {
+		if !e.deleting && !e.state.ConsumerRunning() {
+			down = append(down, id)
+		}
+	}
+	stopped := s.stopped
+	s.mu.RUnlock()
+	if stopped {
+		return ErrStopped
+	}
+	if len(down) == 0 {
+		return nil
+	}
+	sort.Strings(down)
+	if len(down) > 10 {
+		return fmt.Errorf("consumers not running for %d tenants, including %v", len(down), down[:10])
+	}
+	return fmt.Errorf("consumers not running for tenants %v", down)
+}
+
+// Shutdown stops every tenant actor gracefully: each cancels its consumer,
+// lets its workers flush and ack, and closes its channel. Then it stops the
+// root actor. Later requests return ErrStopped. Calling it twice is safe.
+func (s *Supervisor) Shutdown(ctx context.Context) error {
+	_, err := s.request(ctx, &shutdownRequest{})
+	s.mu.Lock()
+	already := s.stopped
+	s.stopped = true
+	s.mu.Unlock()
+	if already || errors.Is(err, ErrStopped) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := s.system.Root.StopFuture(s.pid).Result(); err != nil {
+		return fmt.Errorf("stop supervisor: %w", err)
+	}
+	return nil
+}
