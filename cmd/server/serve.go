@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/go-messaging-system/messaging/actors"
+	"github.com/go-messaging-system/messaging/api"
+	"github.com/go-messaging-system/messaging/config"
+	"github.com/go-messaging-system/messaging/metrics"
+	"github.com/go-messaging-system/messaging/persistence"
+	"github.com/go-messaging-system/messaging/supervisor"
+	"github.com/go-messaging-system/messaging/transport"
+)
+
+// loadConfig reads the configuration and builds the logger.
+func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (config.Config, *slog.Logger, error) {
+	bootLogger := slog.New(slog.NewJSONHandler(stderr, nil))
+	cfg, err := config.Load(args, getenv, bootLogger)
+	if err != nil {
+		return cfg, nil, usageError{err}
+	}
+	logger := cfg.NewLogger(stderr)
+	created, err := cfg.EnsureDevSecret()
+	if err != nil {
+		return cfg, nil, err
+	}
+	if created {
+		path, _ := cfg.DevSecretPath()
+		logger.Warn("development mode: using a local JWT secret; set JWT_SECRET in production", "secret_file", path)
+	}
+	return cfg, logger, nil
+}
+
+func migrate(args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, logger, err := loadConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	store, err := persistence.Open(ctx, cfg.DatabaseURL, logger)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer store.Close()
+	if err := store.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	logger.Info("migrations applied")
+	return nil
+}
+
+// serve runs the server until ctx is cancelled (SIGINT or SIGTERM), then
+// shuts down gracefully within ShutdownTimeout.
+func serve(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, logger, err := loadConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	logger.Info("server: starting", "http_addr", cfg.HTTPAddr, "batch_size", cfg.BatchSize,
+		"batch_timeout", cfg.BatchTimeout, "default_worker_count", cfg.DefaultWorkerCount)
+
+	// work bounds every database and broker call of the actors. It outlives
+	// ctx so that workers can flush during a graceful shutdown, and ends at
+	// the shutdown deadline.
+	work, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+
+	store, err := openStore(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	broker, err := dialBroker(ctx, cfg, logger, m)
+	if err != nil {
+		return err
+	}
+	defer broker.Close()
+
+	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return logger.With("component", "protoactor")
+	}))
+	deps := &actors.Deps{
+		Store:   store,
+		Broker:  broker,
+		Metrics: m,
+		Logger:  logger,
+		Context: work,
+		Options: actors.Options{
+			BatchSize:       cfg.BatchSize,
+			BatchTimeout:    cfg.BatchTimeout,
+			MaxPayloadBytes: api.DefaultMaxPayloadBytes,
+			DrainTimeout:    cfg.ShutdownTimeout,
+		},
+	}
+	sup, err := startSupervisor(ctx, system, store, broker, deps, cfg, logger)
+	if err != nil {
+		return err
+	}
+
+	srv, err := newHTTPServer(cfg, sup, broker, store, reg, logger)
+	if err != nil {
+		return err
+	}
+	listener, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(listener) }()
+	logger.Info("server: ready", "http_addr", listener.Addr().String())
+
+	select {
+	case <-ctx.Done():
+		logger.Info("server: shutting down", "reason", context.Cause(ctx), "timeout", cfg.ShutdownTimeout)
+	case err := <-serveErr:
+		logger.Error("server: HTTP server failed; shutting down", "err", err)
+	}
+	return shutdown(cfg, srv, sup, system, cancelWork, logger)
+}
+
+// shutdown stops taking requests, stops the consumers, lets the workers
+// flush and ack, and closes everything, all within ShutdownTimeout. What
+// was not acked stays in the queues for the next start.
+func shutdown(cfg config.Config, srv *http.Server, sup *supervisor.Supervisor, system *actor.ActorSystem,
+	cancelWork context.CancelFunc, logger *slog.Logger) error {
+	started := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	deadline := time.AfterFunc(cfg.ShutdownTimeout, cancelWork)
+	defer deadline.Stop()
+
+	var errs []error
+	if err := srv.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))
+	}
+	if err := sup.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stop tenants: %w", err))
+	}
+	system.Shutdown()
+	if err := errors.Join(errs...); err != nil {
+		logger.Error("server: shutdown incomplete", "err", err, "elapsed", time.Since(started))
+		return err
+	}
+	logger.Info("server: stopped", "elapsed", time.Since(started))
+	return nil
+}
+
+// openStore connects to PostgreSQL, waiting for it while it is down, and
+// applies the migrations.
+func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger) (*persistence.Postgres, error) {
+	var store *persistence.Postgres
+	err := retryStart(ctx, logger, "database", func() error {
+		var err error
+		store, err = persistence.Open(ctx, cfg.DatabaseURL, logger)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	if err := store.Migrate(ctx); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("migrate database: %w", err)
+	}
+	return store, nil
+}
+
+func dialBroker(ctx context.Context, cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (*transport.Broker, error) {
+	hooks := transport.Hooks{
+		OnConnected:    func() { m.BrokerConnected.Set(1) },
+		OnDisconnected: func(error) { m.BrokerConnected.Set(0) },
+		OnReconnect:    func() { m.BrokerReconnect.Inc() },
+	}
+	var broker *transport.Broker
+	err := retryStart(ctx, logger, "broker", func() error {
+		var err error
+		broker, err = transport.Dial(ctx, transport.Config{URL: cfg.RabbitMQURL}, logger, hooks)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to RabbitMQ: %w", err)
+	}
+	m.BrokerConnected.Set(1)
+	return broker, nil
+}
+
+// retryStart calls connect until it succeeds or ctx ends, so the server can
+// start before its database or broker.
+func retryStart(ctx context.Context, logger *slog.Logger, what string, connect func() error) error {
+	wait := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := connect()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		logger.Warn("server: "+what+" not reachable; retrying", "err", err, "attempt", attempt, "wait", wait)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
+}
+
+func startSupervisor(ctx context.Context, system *actor.ActorSystem, store *persistence.Postgres,
+	broker *transport.Broker, deps *actors.Deps, cfg config.Config, logger *slog.Logger) (*supervisor.Supervisor, error) {
+	started := time.Now()
+	sup, err := supervisor.Start(ctx, system, store, broker, deps, supervisor.Config{
+		SyncInterval:   cfg.TenantSyncInterval,
+		RequestTimeout: cfg.ShutdownTimeout + 30*time.Second,
+	})
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("server: tenants started", "elapsed", time.Since(started))
+	return sup, nil
+}
+
+func newHTTPServer(cfg config.Config, sup *supervisor.Supervisor, broker *transport.Broker,
+	store *persistence.Postgres, reg *prometheus.Registry, logger *slog.Logger) (*http.Server, error) {
+	checks := []api.ReadinessCheck{
+		{Name: "database", Check: store.Ping},
+		{Name: "broker", Check: func(context.Context) error {
+			if !broker.Connected() {
+				return transport.ErrUnavailable
+			}
+			return nil
+		}},
+		{Name: "consumers", Check: func(context.Context) error { return sup.Ready() }},
+	}
+	handler, err := api.NewHandler(api.Config{
+		JWTSecret:          []byte(cfg.JWTSecret),
+		DefaultWorkerCount: cfg.DefaultWorkerCount,
+		MaxWorkerCount:     cfg.MaxWorkerCount,
+	}, tenantService{sup}, publisher{broker: broker, sup: sup}, store, checks, reg, reg, logger)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewServer(cfg.HTTPAddr, handler), nil
+}

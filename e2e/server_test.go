@@ -1,0 +1,231 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/go-messaging-system/messaging/api"
+	"github.com/go-messaging-system/messaging/internal/testenv"
+)
+
+// serverBinary is the server built once by TestMain.
+var serverBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "messaging-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "create temp dir:", err)
+		os.Exit(1)
+	}
+	serverBinary = filepath.Join(dir, "server")
+	build := exec.Command("go", "build", "-o", serverBinary, "../cmd/server")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build server:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// lockedBuffer collects a process's output for failure messages.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// env is one test's server environment.
+type env struct {
+	databaseURL string
+	rabbitURL   string
+	secret      []byte
+	addr        string
+	admin       string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{
+		databaseURL: testenv.NewDatabase(t),
+		rabbitURL:   testenv.RequireRabbitMQ(t),
+		secret:      []byte(testenv.RandomSuffix() + testenv.RandomSuffix() + testenv.RandomSuffix()),
+		addr:        freeAddr(t),
+	}
+	e.admin = e.token(t, api.Claims{Role: api.RoleAdmin})
+	return e
+}
+
+func (e *env) token(t *testing.T, c api.Claims) string {
+	t.Helper()
+	tok, err := api.SignToken(e.secret, c, time.Hour)
+	require.NoError(t, err)
+	return tok
+}
+
+func (e *env) url(path string) string { return "http://" + e.addr + path }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+// server is a running server process.
+type server struct {
+	cmd    *exec.Cmd
+	output *lockedBuffer
+	done   chan error
+}
+
+// start runs the server binary and waits until /ready answers 200.
+func (e *env) start(t *testing.T, extraEnv ...string) *server {
+	t.Helper()
+	cmd := exec.Command(serverBinary)
+	cmd.Env = append(os.Environ(),
+		"DATABASE_URL="+e.databaseURL,
+		"RABBITMQ_URL="+e.rabbitURL,
+		"HTTP_ADDR="+e.addr,
+		"JWT_SECRET="+string(e.secret),
+		"TENANT_SYNC_INTERVAL=1s",
+		"SHUTDOWN_TIMEOUT=20s",
+		"LOG_FORMAT=text",
+	)
+	cmd.Env = append(cmd.Env, extraEnv...)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	s := &server{cmd: cmd, output: out, done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-s.done
+		}
+		if t.Failed() {
+			t.Logf("server output:\n%s", tail(out.String(), 8000))
+		}
+	})
+
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-s.done:
+			t.Fatalf("server exited before it was ready: %v\n%s", err, out.String())
+		default:
+		}
+		if res, err := http.Get(e.url("/ready")); err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return s
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("server not ready within 60s\n%s", tail(out.String(), 8000))
+	return nil
+}
+
+// stop sends SIGTERM and requires exit status 0 within timeout.
+func (s *server) stop(t *testing.T, timeout time.Duration) time.Duration {
+	t.Helper()
+	started := time.Now()
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-s.done:
+		require.NoError(t, err, "server exit status after SIGTERM")
+	case <-time.After(timeout):
+		t.Fatalf("server did not exit within %s of SIGTERM", timeout)
+	}
+	return time.Since(started)
+}
+
+func readAll(t *testing.T, res *http.Response) string {
+	t.Helper()
+	data, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	return string(data)
+}
+
+func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// call sends a JSON request and decodes a JSON response into out (when not
+// nil), requiring the status want.
+func call(t *testing.T, method, url, token string, body any, want int, out any) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		require.NoError(t, err)
+		r = bytes.NewReader(data)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, r)
+	require.NoError(t, err)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	data, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	require.Equal(t, want, res.StatusCode, "%s %s: %s", method, url, data)
+	if out != nil {
+		require.NoError(t, json.Unmarshal(data, out), "%s %s: %s", method, url, data)
+	}
+}
+
+// eventually polls cond every 100ms until it returns true or timeout ends.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", timeout, what)
+}
