@@ -3,7 +3,6 @@ package actors
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -13,7 +12,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/go-messaging-system/messaging/persistence"
-	"github.com/go-messaging-system/messaging/transport"
 )
 
 // Dead-letter reasons, sent in the x-death-reason header and used as the
@@ -339,11 +337,6 @@ func errorDetail(err error) string {
 	}
 	return s
 }
-
-var errUnavailable = transport.ErrUnavailable
-
-// isUnavailable reports whether err means the broker is unreachable.
-func isUnavailable(err error) bool { return errors.Is(err, errUnavailable) }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

@@ -84,11 +84,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		BrokerConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "messaging_broker_connected",
-			Help: "1 while the consume connection to RabbitMQ is open, else 0.",
+			Help: "1 while both RabbitMQ connections (consume and publish) are open, else 0.",
 		}),
 		BrokerReconnect: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "messaging_broker_reconnects_total",
-			Help: "Successful re-dials of a RabbitMQ connection after a loss.",
+			Help: "Successful re-dials of the RabbitMQ consume connection after a loss.",
 		}),
 	}
 	reg.MustRegister(

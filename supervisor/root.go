@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -92,15 +91,19 @@ func (r *rootActor) sync(c actor.Context) error {
 		return fmt.Errorf("list tenants: %w", err)
 	}
 	seen := make(map[string]bool, len(tenants))
-	var errs []error
 	for _, t := range tenants {
 		seen[t.ID] = true
 		e := r.sup.entries[t.ID]
 		switch {
 		case e == nil:
-			if err := r.start(c, t); err != nil {
-				errs = append(errs, err)
+			// The tenant actor declares the queues again while it retries
+			// its consumer, so a broker fault here delays the tenant but
+			// does not stop the others or the server's start.
+			if err := r.broker.DeclareTenant(r.ctx(), t.ID); err != nil {
+				r.logger.Warn("supervisor: declaring tenant queues failed; the tenant actor will retry",
+					"tenant_id", t.ID, "err", err)
 			}
+			r.spawn(c, t)
 		case !e.deleting && e.workerCount != t.WorkerCount:
 			r.logger.Info("supervisor: worker count changed in the tenants table", "tenant_id", t.ID,
 				"worker_count", t.WorkerCount)
@@ -114,14 +117,11 @@ func (r *rootActor) sync(c actor.Context) error {
 			r.stopTenant(c, id, e, func() { r.forget(id) })
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
-// start declares the tenant's queues and spawns its actor.
-func (r *rootActor) start(c actor.Context, t persistence.Tenant) error {
-	if err := r.broker.DeclareTenant(r.ctx(), t.ID); err != nil {
-		return fmt.Errorf("declare queues of tenant %s: %w", t.ID, err)
-	}
+// spawn starts the tenant's actor and records it.
+func (r *rootActor) spawn(c actor.Context, t persistence.Tenant) {
 	state := &actors.TenantState{}
 	pid := c.Spawn(actors.NewTenantProps(t.ID, t.WorkerCount, r.deps, state))
 	r.sup.mu.Lock()
@@ -130,7 +130,6 @@ func (r *rootActor) start(c actor.Context, t persistence.Tenant) error {
 	r.sup.mu.Unlock()
 	r.deps.Metrics.Tenants.Set(float64(n))
 	r.logger.Info("supervisor: tenant started", "tenant_id", t.ID, "worker_count", t.WorkerCount)
-	return nil
 }
 
 func (r *rootActor) create(c actor.Context, t persistence.Tenant) {
@@ -148,13 +147,14 @@ func (r *rootActor) create(c actor.Context, t persistence.Tenant) {
 		fail(err)
 		return
 	}
-	if err := r.start(c, created); err != nil {
+	if err := r.broker.DeclareTenant(r.ctx(), created.ID); err != nil {
 		if dErr := r.store.DeleteTenant(r.ctx(), created.ID); dErr != nil {
-			r.logger.Error("supervisor: roll back of tenant creation failed", "tenant_id", created.ID, "err", dErr)
+			r.logger.Error("supervisor: rolling back tenant creation failed", "tenant_id", created.ID, "err", dErr)
 		}
-		fail(err)
+		fail(fmt.Errorf("declare queues of tenant %s: %w", created.ID, err))
 		return
 	}
+	r.spawn(c, created)
 	// The tenant actor handles Started before this request, so the status
 	// already counts its workers.
 	f := c.RequestFuture(r.sup.entries[created.ID].pid, &actors.GetStatus{}, r.sup.cfg.RequestTimeout)

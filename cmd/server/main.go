@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/go-messaging-system/messaging/config"
 )
 
 func main() {
@@ -32,6 +34,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	for _, a := range args {
 		if a == "-h" || a == "-help" || a == "--help" {
 			fmt.Fprint(stdout, usage)
+			fmt.Fprint(stdout, config.Usage())
 			return 0
 		}
 	}
