@@ -56,6 +56,10 @@ type Config struct {
 	LogLevel string
 	// LogFormat is json or text, default json.
 	LogFormat string
+	// DebugAddr, when set, is the listen address of a separate HTTP server
+	// with the net/http/pprof profiling endpoints under /debug/pprof/. It
+	// has no authentication: bind it to loopback. Default off.
+	DebugAddr string
 	// Dev creates and keeps a random local JWT secret when JWTSecret is
 	// empty. Never enable it in production.
 	Dev bool
@@ -105,6 +109,7 @@ func settings() []setting {
 		{"tenant_sync_interval", "TENANT_SYNC_INTERVAL", "how often the tenants table is reloaded (duration)", setDuration(func(c *Config) *time.Duration { return &c.TenantSyncInterval })},
 		{"log_level", "LOG_LEVEL", "log level: debug, info, warn or error", setString(func(c *Config) *string { return &c.LogLevel })},
 		{"log_format", "LOG_FORMAT", "log format: json or text", setString(func(c *Config) *string { return &c.LogFormat })},
+		{"debug_addr", "DEBUG_ADDR", "listen address of the unauthenticated pprof server, e.g. 127.0.0.1:6060 (default off)", setString(func(c *Config) *string { return &c.DebugAddr })},
 		{"dev_secret_file", "DEV_SECRET_FILE", "file where -dev keeps its generated JWT secret", setString(func(c *Config) *string { return &c.DevSecretFile })},
 	}
 }

@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -124,4 +128,28 @@ func TestSplitFlags(t *testing.T) {
 	mine, rest := splitFlags([]string{"-role", "admin", "-dev", "--tenant=x", "-config", "c.json"}, own)
 	require.Equal(t, []string{"-role", "admin", "--tenant=x"}, mine)
 	require.Equal(t, []string{"-dev", "-config", "c.json"}, rest)
+}
+
+func TestDebugServer(t *testing.T) {
+	t.Parallel()
+	srv, err := startDebugServer("", nil)
+	require.NoError(t, err)
+	require.Nil(t, srv, "an empty address disables the debug server")
+
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	srv, err = startDebugServer(addr, logger)
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Close() })
+
+	res, err := http.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
+	require.NoError(t, err)
+	defer res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	require.Contains(t, string(body), "goroutine profile")
 }

@@ -115,6 +115,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	if err != nil {
 		return err
 	}
+	debugSrv, err := startDebugServer(cfg.DebugAddr, logger)
+	if err != nil {
+		return fmt.Errorf("listen on DEBUG_ADDR %s: %w", cfg.DebugAddr, err)
+	}
+	if debugSrv != nil {
+		defer debugSrv.Close()
+	}
 	listener, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
