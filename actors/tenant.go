@@ -182,10 +182,11 @@ func (t *tenant) publishCounts() {
 	t.deps.Metrics.ConsumerRunning.WithLabelValues(t.id).Set(v)
 }
 
-// prefetch lets every worker hold up to a full batch, so none starves while
-// another commits.
+// prefetch lets every worker hold two full batches: acks are coalesced
+// (see acker), so deliveries one worker has stored stay unacked until the
+// workers holding lower tags have stored theirs.
 func (t *tenant) prefetch() int {
-	return min(max(t.desired*t.deps.Options.BatchSize, t.deps.Options.BatchSize), 20000)
+	return min(max(2*t.desired*t.deps.Options.BatchSize, t.deps.Options.BatchSize), 65535)
 }
 
 // scale spawns or retires workers until `desired` are routed to.
@@ -313,11 +314,12 @@ func retryAfter(ctx context.Context, wait time.Duration, reconnected <-chan stru
 // forward routes every delivery of cons to a worker until the consumer ends,
 // then tells the tenant actor.
 func forward(cons *transport.Consumer, r *router, root *actor.RootContext, tenant *actor.PID) {
+	acks := newAcker()
 	for d := range cons.Deliveries() {
-		msg := new(amqp.Delivery)
-		*msg = d
+		msg := &delivery{Delivery: new(amqp.Delivery), acks: acks}
+		*msg.Delivery = d
 		if !r.route(msg) {
-			_ = d.Nack(false, true) // no worker yet: let the broker hold it
+			_ = acks.nack(msg.Delivery) // no worker yet: let the broker hold it
 		}
 	}
 	root.Send(tenant, &consumerEnded{consumer: cons, err: cons.Err()})

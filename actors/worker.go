@@ -46,7 +46,7 @@ type drained struct{}
 
 // pending is one delivery in a worker's batch.
 type pending struct {
-	d       *amqp.Delivery
+	d       *delivery
 	settled bool // acked, nacked or dead-lettered: it must not be settled again
 }
 
@@ -73,7 +73,7 @@ func newWorker(tenantID string, deps *Deps, att *attempts, logger *slog.Logger) 
 // Receive handles one message of the worker's mailbox.
 func (w *worker) Receive(c actor.Context) {
 	switch m := c.Message().(type) {
-	case *amqp.Delivery:
+	case *delivery:
 		w.add(c, m)
 	case flushIfIdle:
 		w.idleCheck = false
@@ -92,12 +92,12 @@ func (w *worker) Receive(c actor.Context) {
 	}
 }
 
-func (w *worker) add(c actor.Context, d *amqp.Delivery) {
+func (w *worker) add(c actor.Context, d *delivery) {
 	w.deps.Metrics.Received.WithLabelValues(w.tenantID).Inc()
 
 	// A message that already failed is stored alone, so a poison message
 	// cannot take the rest of a batch down with it again.
-	if w.attempts.get(d) > 0 {
+	if w.attempts.get(d.Delivery) > 0 {
 		w.flush()
 		w.batch = append(w.batch, pending{d: d})
 		w.flush()
@@ -152,7 +152,7 @@ func (w *worker) prepare() ([]persistence.Message, []int) {
 	index := make([]int, 0, len(w.batch))
 	for i := range w.batch {
 		p := &w.batch[i]
-		n := w.attempts.get(p.d)
+		n := w.attempts.get(p.d.Delivery)
 		switch {
 		case n >= w.deps.Options.MaxAttempts:
 			w.deadLetter(p, ReasonMaxAttempts, fmt.Sprintf("failed %d times", n))
@@ -162,7 +162,7 @@ func (w *worker) prepare() ([]persistence.Message, []int) {
 		case !json.Valid(p.d.Body):
 			w.deadLetter(p, ReasonInvalidJSON, "body is not valid JSON")
 		default:
-			msgs = append(msgs, toMessage(p.d))
+			msgs = append(msgs, toMessage(p.d.Delivery))
 			index = append(index, i)
 		}
 	}
@@ -263,14 +263,14 @@ func (w *worker) failBatch(index []int, err error) {
 	w.logger.Error("worker: batch insert failed; requeueing its messages", "err", err, "batch_size", len(index))
 	for _, i := range index {
 		p := &w.batch[i]
-		w.attempts.fail(p.d)
+		w.attempts.fail(p.d.Delivery)
 		w.nack(p)
 	}
 }
 
 func (w *worker) deadLetter(p *pending, reason, detail string) {
-	n := w.attempts.get(p.d) + 1
-	err := w.deps.Broker.DeadLetter(w.deps.Context, w.tenantID, *p.d, reason, detail, n)
+	n := w.attempts.get(p.d.Delivery) + 1
+	err := w.deps.Broker.DeadLetter(w.deps.Context, w.tenantID, *p.d.Delivery, reason, detail, n)
 	if err != nil {
 		w.logger.Error("worker: dead-letter publish failed; requeueing the message",
 			"err", err, "reason", reason, "message_id", p.d.MessageId)
@@ -287,8 +287,8 @@ func (w *worker) ack(p *pending) {
 		return
 	}
 	p.settled = true
-	w.attempts.forget(p.d)
-	if err := p.d.Ack(false); err != nil {
+	w.attempts.forget(p.d.Delivery)
+	if err := p.d.acks.ack(p.d.Delivery); err != nil {
 		// The channel is gone: the broker redelivers the message and the
 		// message_id check keeps it from being stored twice.
 		w.logger.Debug("worker: ack failed", "err", err, "message_id", p.d.MessageId)
@@ -300,7 +300,7 @@ func (w *worker) nack(p *pending) {
 		return
 	}
 	p.settled = true
-	if err := p.d.Nack(false, true); err != nil {
+	if err := p.d.acks.nack(p.d.Delivery); err != nil {
 		w.logger.Debug("worker: nack failed", "err", err, "message_id", p.d.MessageId)
 	}
 }
@@ -315,7 +315,7 @@ func (w *worker) requeueBatch(why string) {
 	for i := range w.batch {
 		p := &w.batch[i]
 		if !p.settled {
-			w.attempts.fail(p.d)
+			w.attempts.fail(p.d.Delivery)
 			w.nack(p)
 			n++
 		}
