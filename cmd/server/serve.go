@@ -172,7 +172,8 @@ func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger) (*pe
 	var store *persistence.Postgres
 	err := retryStart(ctx, logger, "database", func() error {
 		var err error
-		store, err = persistence.Open(ctx, cfg.DatabaseURL, logger)
+		store, err = persistence.Open(ctx, cfg.DatabaseURL, logger,
+			persistence.WithMaxConns(int32(cfg.DatabaseMaxConns)))
 		return err
 	})
 	if err != nil {
