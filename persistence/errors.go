@@ -70,12 +70,12 @@ func retryableSQLState(code string) bool {
 }
 
 // isRowError reports whether err is a data error that one row of a batch
-// can cause, so that the other rows may still be stored: class 22 (data
-// exception, such as invalid jsonb input), class 23 (integrity constraint
-// violation) and 54000 (program limit exceeded, such as an index entry
-// over the btree size limit for a huge message_id). A unique violation
-// cannot come from one row because ON CONFLICT skips it, and a check
-// violation on messages means the partition is missing.
+// can cause, so that the other rows may still be stored. These are class 22
+// (data exception, such as invalid jsonb input), class 23 (integrity
+// constraint violation) and 54000 (program limit exceeded, such as an
+// index entry over the btree size limit for a huge message_id). A unique
+// violation cannot come from one row because ON CONFLICT skips it, and a
+// check violation on messages means the partition is missing.
 func isRowError(err error) bool {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {

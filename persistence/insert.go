@@ -41,7 +41,7 @@ var (
 // timestamptz cannot store.
 var errPublishedAtRange = errors.New("published_at is outside the range of timestamptz")
 
-// querier is what insertRows needs from a pool or a transaction.
+// querier is the method of a pool or a transaction that insertRows uses.
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
@@ -180,7 +180,12 @@ func (p *Postgres) insertIsolated(ctx context.Context, tenantID string, b *batch
 	if err != nil {
 		return err
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	defer func() {
+		// Roll back also when ctx has ended, waiting at most cancelGrace.
+		rollbackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelGrace)
+		defer cancel()
+		_ = tx.Rollback(rollbackCtx)
+	}()
 
 	if err := isolate(ctx, tx, tenantID, b, 0, len(b.ids), batchErr); err != nil {
 		return err

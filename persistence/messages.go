@@ -3,6 +3,8 @@ package persistence
 import (
 	"context"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // MaxListLimit is the largest limit ListMessages accepts; larger limits are
@@ -32,6 +34,10 @@ LIMIT $4`
 // every committed message exactly once, even while several transactions
 // commit concurrently. An unknown tenant, or an invalid tenant id, has no
 // messages.
+//
+// NOTE: a writing transaction that stays open anywhere in the PostgreSQL
+// cluster, in any database, delays every row committed after it started
+// until it ends, for all tenants.
 func (p *Postgres) ListMessages(ctx context.Context, tenantID string, after Position, limit int) (Page, error) {
 	if limit < 1 {
 		return Page{}, fmt.Errorf("listing messages: limit %d is below 1", limit)
@@ -41,30 +47,14 @@ func (p *Postgres) ListMessages(ctx context.Context, tenantID string, after Posi
 		return Page{Messages: []StoredMessage{}, Next: after}, nil
 	}
 
-	// One extra row tells whether more messages follow.
-	rows, err := p.pool.Query(ctx, listSQL, tenantID, after.TxID, after.ID, limit+1)
+	// The extra row shows whether more messages follow.
+	rows, _ := p.pool.Query(ctx, listSQL, tenantID, after.TxID, after.ID, limit+1)
+	msgs, err := collectMessages(rows, min(limit+1, 256))
 	if err != nil {
 		return Page{}, fmt.Errorf("listing messages of tenant %q: %w", tenantID, withContext(ctx, err))
 	}
-	defer rows.Close()
 
-	page := Page{Messages: make([]StoredMessage, 0, min(limit+1, 256)), Next: after}
-	for rows.Next() {
-		var m StoredMessage
-		// Scanning into *[]byte copies the jsonb text as it is, where
-		// *json.RawMessage would go through json.Unmarshal.
-		err := rows.Scan(&m.ID, &m.MessageID, (*[]byte)(&m.Payload),
-			&m.PublishedAt, &m.StoredAt, &m.Position.TxID)
-		if err != nil {
-			return Page{}, fmt.Errorf("listing messages of tenant %q: %w", tenantID, withContext(ctx, err))
-		}
-		m.Position.ID = m.ID
-		page.Messages = append(page.Messages, m)
-	}
-	if err := rows.Err(); err != nil {
-		return Page{}, fmt.Errorf("listing messages of tenant %q: %w", tenantID, withContext(ctx, err))
-	}
-
+	page := Page{Messages: msgs, Next: after}
 	if len(page.Messages) > limit {
 		page.Messages = page.Messages[:limit]
 		page.HasMore = true
@@ -73,6 +63,26 @@ func (p *Postgres) ListMessages(ctx context.Context, tenantID string, after Posi
 		page.Next = page.Messages[n-1].Position
 	}
 	return page, nil
+}
+
+// collectMessages reads and closes rows of listSQL. A query error is
+// returned by rows.Err.
+func collectMessages(rows pgx.Rows, capacity int) ([]StoredMessage, error) {
+	defer rows.Close()
+	msgs := make([]StoredMessage, 0, capacity)
+	for rows.Next() {
+		var m StoredMessage
+		// Scanning into *[]byte copies the jsonb text as it is, where
+		// *json.RawMessage would go through json.Unmarshal.
+		err := rows.Scan(&m.ID, &m.MessageID, (*[]byte)(&m.Payload),
+			&m.PublishedAt, &m.StoredAt, &m.Position.TxID)
+		if err != nil {
+			return nil, err
+		}
+		m.Position.ID = m.ID
+		msgs = append(msgs, m)
+	}
+	return msgs, rows.Err()
 }
 
 // CountMessages returns the number of stored messages of a tenant; an

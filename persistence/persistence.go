@@ -47,7 +47,7 @@ type Message struct {
 	PublishedAt time.Time
 }
 
-// Outcome is what InsertBatch did with one message.
+// Outcome is the result of InsertBatch for one message.
 type Outcome int
 
 const (
@@ -56,8 +56,10 @@ const (
 	// Duplicate means a message with the same (tenant_id, message_id) was
 	// already stored, or appeared earlier in the same batch.
 	Duplicate
-	// Rejected means the database rejected the row; Result.Err says why.
-	// Trying it again cannot succeed.
+	// Rejected means the message cannot be stored: the database rejected
+	// the row, or PublishedAt is outside the range of timestamptz.
+	// Result.Err contains the reason. A retry of the same message fails
+	// the same way.
 	Rejected
 )
 
@@ -131,7 +133,7 @@ type Store interface {
 	// Rejected and the rest of the batch still commits. A non-nil error
 	// means nothing was committed, unless the connection broke while the
 	// statement ran: then the batch may have been stored, and a retry
-	// reports its messages as Duplicate. IsRetryable(err) tells whether
+	// reports its messages as Duplicate. IsRetryable(err) reports whether
 	// trying again may succeed. An unknown tenant gives ErrTenantNotFound.
 	InsertBatch(ctx context.Context, tenantID string, msgs []Message) ([]Result, error)
 	// ListMessages returns up to limit messages after `after`, ordered by
@@ -141,6 +143,6 @@ type Store interface {
 	ListMessages(ctx context.Context, tenantID string, after Position, limit int) (Page, error)
 	// CountMessages returns the number of stored messages of a tenant.
 	CountMessages(ctx context.Context, tenantID string) (int64, error)
-	// Ping checks that the database answers.
+	// Ping sends an empty query to the database and waits for its response.
 	Ping(ctx context.Context) error
 }

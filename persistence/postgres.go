@@ -44,10 +44,12 @@ func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 	return func(c *pgxpool.Config) { fn(c) }
 }
 
-// Open connects to databaseURL and checks that the database answers. When
-// the database does not exist, Open creates it through the "postgres" (or
-// else "template1") maintenance database, which needs the CREATEDB
-// privilege. A nil logger discards log output.
+// Open connects to databaseURL and pings the database. When the database
+// does not exist, Open creates it through the "postgres" (or else
+// "template1") maintenance database, which needs the CREATEDB privilege.
+// Queries whose context ends are cancelled on the server (see
+// cancelOnContextDone); a WithPoolConfig option may change that. A nil
+// logger discards log output.
 func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...Option) (*Postgres, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -74,8 +76,8 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 	return &Postgres{pool: pool, logger: logger}, nil
 }
 
-// cancelGrace is how long a connection waits for the server to answer a
-// cancel request before pgx closes it.
+// cancelGrace is how long a connection waits for the server to end a
+// cancelled query before pgx closes the connection.
 const cancelGrace = 2 * time.Second
 
 // cancelOnContextDone makes pgx send the server a cancel request when a
@@ -111,11 +113,13 @@ func createDatabase(ctx context.Context, target *pgx.ConnConfig, logger *slog.Lo
 	defer conn.Close(context.WithoutCancel(ctx))
 
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
-	switch sqlState(err) {
-	case "":
+	switch {
+	case err == nil:
 		logger.Info("persistence: created database", "database", name)
 		return nil
-	case "42P04", "23505": // duplicate_database, or the catalog's unique index in a race
+	case sqlState(err) == "42P04", sqlState(err) == "23505":
+		// duplicate_database, or a unique violation in pg_database when
+		// another session created it at the same moment.
 		return nil
 	default:
 		return fmt.Errorf("creating database %q: %w", name, withContext(ctx, err))
@@ -188,7 +192,7 @@ func (advisoryLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
 	return nil
 }
 
-// Ping checks that the database answers.
+// Ping sends an empty query to the database and waits for its response.
 func (p *Postgres) Ping(ctx context.Context) error {
 	if err := p.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("pinging database: %w", withContext(ctx, err))

@@ -101,6 +101,32 @@ func TestOpenConcurrentlyCreatesDatabaseOnce(t *testing.T) {
 	}
 }
 
+func TestOpenWithoutCreateDBPrivilege(t *testing.T) {
+	t.Parallel()
+	databaseURL := missingDatabaseURL(t)
+	ctx := testContext(t)
+	admin, err := pgx.Connect(ctx, testenv.DatabaseURL())
+	require.NoError(t, err)
+	// Registered first, so that it runs after the cleanup that drops the role.
+	t.Cleanup(func() { _ = admin.Close(context.Background()) })
+
+	role := "messaging_nocreatedb_" + testenv.RandomSuffix()
+	_, err = admin.Exec(ctx, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN NOCREATEDB PASSWORD 'unused'")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, err := admin.Exec(context.Background(), "DROP ROLE IF EXISTS "+pgx.Identifier{role}.Sanitize())
+		require.NoError(t, err)
+	})
+
+	u, err := url.Parse(databaseURL)
+	require.NoError(t, err)
+	u.User = url.UserPassword(role, "unused")
+	_, err = Open(ctx, u.String(), nil)
+	require.ErrorContains(t, err, "creating database")
+	require.Equal(t, "42501", sqlState(err), "error: %v", err) // insufficient_privilege
+	require.False(t, IsRetryable(err))
+}
+
 func TestOpenRejectsMalformedURL(t *testing.T) {
 	t.Parallel()
 	_, err := Open(testContext(t), "postgres://user@127.0.0.1:5432/db?sslmode=bogus", nil)

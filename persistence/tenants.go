@@ -89,9 +89,25 @@ func (p *Postgres) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
 	return t, nil
 }
 
+// lockMessages sets the transaction's lock_timeout and locks messages in
+// mode. ONLY keeps the lock off the partitions, which would need one lock
+// table entry per tenant. Taking the lock before the first write matters: a transaction has
+// no transaction id until it writes, and only transactions with one hold
+// back the snapshot xmin that ListMessages waits for, for every tenant.
+func lockMessages(ctx context.Context, tx pgx.Tx, mode string) error {
+	// Without arguments pgx uses the simple protocol, which allows two
+	// statements in one round trip.
+	_, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'; "+
+		"LOCK TABLE ONLY messages IN "+mode+" MODE")
+	if err != nil {
+		return fmt.Errorf("locking messages: %w", err)
+	}
+	return nil
+}
+
 func createTenantTx(ctx context.Context, tx pgx.Tx, t *Tenant) error {
 	partition := partitionName(t.ID)
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'"); err != nil {
+	if err := lockMessages(ctx, tx, "SHARE UPDATE EXCLUSIVE"); err != nil {
 		return err
 	}
 
@@ -167,21 +183,29 @@ func (p *Postgres) SetWorkerCount(ctx context.Context, id string, n int) (Tenant
 }
 
 // DeleteTenant deletes the tenant row and drops its partition, with every
-// message in it, in one transaction. It waits at most 3 s for the lock on
-// messages and then returns an error that IsRetryable accepts.
+// message in it, in one transaction. Dropping a partition locks messages
+// in ACCESS EXCLUSIVE mode; DeleteTenant waits at most 3 s for that lock
+// and then returns an error that IsRetryable accepts.
 func (p *Postgres) DeleteTenant(ctx context.Context, id string) error {
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'"); err != nil {
-			return err
-		}
 		var partition string
-		err := tx.QueryRow(ctx,
-			`DELETE FROM tenants WHERE id = $1 RETURNING partition_name`, id).Scan(&partition)
+		err := tx.QueryRow(ctx, `SELECT partition_name FROM tenants WHERE id = $1`, id).Scan(&partition)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrTenantNotFound
 		}
 		if err != nil {
 			return err
+		}
+		if err := lockMessages(ctx, tx, "ACCESS EXCLUSIVE"); err != nil {
+			return err
+		}
+
+		tag, err := tx.Exec(ctx, `DELETE FROM tenants WHERE id = $1`, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 { // deleted by another call while this one waited
+			return ErrTenantNotFound
 		}
 		_, err = tx.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{partition}.Sanitize())
 		return err

@@ -152,9 +152,9 @@ func TestCreateTenantRejectsNulInName(t *testing.T) {
 }
 
 // TestTenantLongAndUnusualIDs checks that ids of every shape get a working
-// partition of their own: the longest ids, ids with '-' and '_', ids just
-// around the length where partition names switch to a hash, and long ids
-// that differ only after the part of the id kept in the partition name.
+// partition of their own. The ids include the longest ones, ids with '-'
+// and '_', and ids just around the length where partition names switch to
+// a hash. Three long ids differ only after the part kept in the name.
 func TestTenantLongAndUnusualIDs(t *testing.T) {
 	t.Parallel()
 	store := setup(t)
@@ -347,6 +347,32 @@ func TestDeleteTenantDropsMessages(t *testing.T) {
 	n, err = store.CountMessages(ctx, tenant.ID)
 	require.NoError(t, err)
 	require.Zero(t, n, "a re-created tenant sees old messages")
+}
+
+func TestDeleteTenantConcurrently(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithMaxConns(8))
+	ctx := testContext(t)
+	tenant := createTenant(t, store, "deleterace")
+
+	const deleters = 4
+	errs := make([]error, deleters)
+	var wg sync.WaitGroup
+	for i := range deleters {
+		wg.Go(func() { errs[i] = store.DeleteTenant(ctx, tenant.ID) })
+	}
+	wg.Wait()
+
+	succeeded := 0
+	for _, err := range errs {
+		if err == nil {
+			succeeded++
+			continue
+		}
+		require.ErrorIs(t, err, ErrTenantNotFound)
+	}
+	require.Equal(t, 1, succeeded)
+	require.Empty(t, partitionBound(t, store, tenant.ID))
 }
 
 // TestCreateTenantWhileOthersWrite checks that creating a tenant does not
