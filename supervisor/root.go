@@ -96,13 +96,10 @@ func (r *rootActor) sync(c actor.Context) error {
 		e := r.sup.entries[t.ID]
 		switch {
 		case e == nil:
-			// The tenant actor declares the queues again while it retries
-			// its consumer, so a broker fault here delays the tenant but
-			// does not stop the others or the server's start.
-			if err := r.broker.DeclareTenant(r.ctx(), t.ID); err != nil {
-				r.logger.Warn("supervisor: declaring tenant queues failed; the tenant actor will retry",
-					"tenant_id", t.ID, "err", err)
-			}
+			// No declaration here: the tenant actor declares the queues
+			// when consuming fails because they are missing, so a start
+			// with many tenants costs no extra round trips, and a broker
+			// fault delays only that tenant.
 			r.spawn(c, t)
 		case !e.deleting && e.workerCount != t.WorkerCount:
 			r.logger.Info("supervisor: worker count changed in the tenants table", "tenant_id", t.ID,

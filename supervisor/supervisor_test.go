@@ -133,8 +133,9 @@ func TestSupervisorStartsStoredTenants(t *testing.T) {
 
 	require.True(t, sup.Running(a))
 	require.True(t, sup.Running(b))
-	require.True(t, queueExists(t, transport.QueueName(a)), "start declares the queues of stored tenants")
 	eventually(t, 10*time.Second, "consumers running", func() bool { return sup.Ready() == nil })
+	require.True(t, queueExists(t, transport.QueueName(a)), "missing queues of stored tenants are declared")
+	require.True(t, queueExists(t, transport.DeadLetterQueueName(b)))
 	got, err := sup.Get(ctxT(t), a)
 	require.NoError(t, err)
 	require.Equal(t, 2, got.WorkersRunning)
