@@ -1,10 +1,33 @@
 // Package api serves the HTTP API: tenant administration, publishing and
 // reading messages, health, readiness and Prometheus metrics.
 //
-// Requests carry an HS256 JWT in "Authorization: Bearer <token>". Errors are
-// RFC 9457 problem documents (application/problem+json) with title, status
-// and detail. A tenant token never learns whether another tenant exists: it
-// gets the same 404 for another tenant's id as for an unknown id.
+// Requests carry a JWT in "Authorization: Bearer <token>": HS256 with the
+// configured secret, or RS256 or ES256 with the public key that its kid
+// header names. Errors are RFC 9457 problem documents
+// (application/problem+json) with title, status and detail. A tenant token
+// never learns whether another tenant exists: it gets the same 404 for
+// another tenant's id as for an unknown id. openapi.json documents every
+// route, status and limit, and is served at GET /api/v1/openapi.json.
+//
+// Limits, with the status past each one:
+//
+//   - request body: Config.MaxBodyBytes (1 MiB), 413;
+//   - request headers: ServerMaxHeaderBytes (32 KiB) in all, 431 from
+//     net/http before any route runs;
+//   - token: 4096 bytes, 401;
+//   - messages per publish request: Config.MaxBatchMessages (1000), or
+//     Config.PublishRateBurst when that is lower, 400;
+//   - payload: Config.MaxPayloadBytes (256 KiB) as PostgreSQL stores it, 400;
+//   - message_id: 200 bytes, 400;
+//   - tenant name: 200 characters, 400;
+//   - tenant id: 63 characters of [a-z0-9_-], 400 in a request body and 404
+//     in a path;
+//   - worker_count: Config.MaxWorkerCount, 400;
+//   - limit: 1000 messages or 100 dead letters per page, 400;
+//   - cursor: 64 characters, 400;
+//   - message_ids per replay request: 1000, 400;
+//   - publish rate per tenant: Config.PublishRateLimit messages per second,
+//     429 with Retry-After.
 package api
 
 import (
@@ -12,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"time"
 
@@ -64,12 +88,12 @@ type ReadinessCheck struct {
 
 // Defaults and bounds of Config and of query parameters.
 const (
-	DefaultMaxBodyBytes     = 1 << 20   // 1 MiB
-	DefaultMaxPayloadBytes  = 256 << 10 // 256 KiB
-	DefaultMaxBatchMessages = 1000
+	DefaultMaxBodyBytes     = 1 << 20   // 1 MiB; a larger body gets 413
+	DefaultMaxPayloadBytes  = 256 << 10 // 256 KiB; a larger payload gets 400
+	DefaultMaxBatchMessages = 1000      // more messages in one request get 400
 
 	defaultLimit = 10
-	maxLimit     = 1000
+	maxLimit     = 1000 // a larger limit query value gets 400
 
 	// minSecretBytes is the HS256 key size that RFC 7518, section 3.2,
 	// requires: at least the 256-bit hash output.
@@ -83,22 +107,46 @@ const (
 
 // Config holds the API settings. Zero values take the documented defaults.
 type Config struct {
-	// JWTSecret is the HS256 key for tokens, at least 32 bytes. Required.
+	// JWTSecret is the HS256 key for tokens, at least 32 bytes. Without it
+	// HS256 tokens are rejected. JWTSecret, PublicKeys or both are
+	// required.
 	JWTSecret []byte
+	// PublicKeys verify RS256 and ES256 tokens, each selected by the
+	// token's kid header and pinned to its own algorithm. See
+	// ParsePublicKeys.
+	PublicKeys []PublicKey
+	// Issuer, when set, must equal the iss claim of every token.
+	Issuer string
+	// Audience, when set, must be among the aud claim values of every
+	// token.
+	Audience string
 	// DefaultWorkerCount is the worker_count of a tenant created without
 	// one. Required, 1..MaxWorkerCount.
 	DefaultWorkerCount int
 	// MaxWorkerCount is the largest worker_count the API accepts. Required.
 	MaxWorkerCount int
-	// MaxBodyBytes caps a request body. Default 1 MiB.
+	// MaxBodyBytes caps a request body; a larger body gets 413. Default
+	// 1 MiB.
 	MaxBodyBytes int64
-	// MaxPayloadBytes caps one message payload after compaction. Default
-	// 256 KiB.
+	// MaxPayloadBytes caps one message payload after compaction, with
+	// numbers counted as PostgreSQL jsonb prints them; a larger payload
+	// gets 400. Default 256 KiB.
 	MaxPayloadBytes int
-	// MaxBatchMessages caps the messages of one POST. Default 1000.
+	// MaxBatchMessages caps the messages of one POST; more get 400.
+	// Default 1000.
 	MaxBatchMessages int
-	// CursorKey is the HMAC-SHA256 key of pagination cursors. Default: a key
-	// derived from JWTSecret, so cursors stay valid across restarts.
+	// PublishRateLimit is the sustained number of messages per second that
+	// each tenant may publish over HTTP. Zero, the default, turns the limit
+	// off.
+	PublishRateLimit float64
+	// PublishRateBurst is the number of messages a tenant may publish at
+	// once before PublishRateLimit applies, and so also caps the messages
+	// of one request. Default max(MaxBatchMessages, PublishRateLimit
+	// rounded up). Ignored when PublishRateLimit is zero.
+	PublishRateBurst int
+	// CursorKey is the HMAC-SHA256 key of pagination cursors, at least 32
+	// bytes. Default: a key derived from JWTSecret, so cursors stay valid
+	// across restarts. Required when JWTSecret is empty.
 	CursorKey []byte
 }
 
@@ -112,14 +160,26 @@ func (c *Config) setDefaults() {
 	if c.MaxBatchMessages == 0 {
 		c.MaxBatchMessages = DefaultMaxBatchMessages
 	}
-	if len(c.CursorKey) == 0 {
+	if c.PublishRateLimit > 0 && c.PublishRateBurst == 0 {
+		c.PublishRateBurst = max(c.MaxBatchMessages, int(math.Ceil(c.PublishRateLimit)))
+	}
+	if len(c.CursorKey) == 0 && len(c.JWTSecret) > 0 {
 		c.CursorKey = deriveKey(c.JWTSecret, "messaging cursor key v1")
 	}
 }
 
 func (c *Config) validate() error {
-	if err := checkSecret(c.JWTSecret); err != nil {
-		return fmt.Errorf("invalid JWTSecret: %w", err)
+	if len(c.JWTSecret) == 0 && len(c.PublicKeys) == 0 {
+		return errors.New("invalid JWTSecret: set JWTSecret (HS256), PublicKeys (RS256, ES256) or both")
+	}
+	if len(c.JWTSecret) > 0 {
+		if err := checkSecret(c.JWTSecret); err != nil {
+			return fmt.Errorf("invalid JWTSecret: %w", err)
+		}
+	}
+	if len(c.CursorKey) < minSecretBytes {
+		return fmt.Errorf("invalid CursorKey: it has %d bytes, need at least %d (it is required when JWTSecret is empty)",
+			len(c.CursorKey), minSecretBytes)
 	}
 	if c.MaxWorkerCount < 1 {
 		return fmt.Errorf("invalid MaxWorkerCount %d: set it to 1 or more", c.MaxWorkerCount)
@@ -131,7 +191,23 @@ func (c *Config) validate() error {
 	if c.MaxBodyBytes < 1 || c.MaxPayloadBytes < 1 || c.MaxBatchMessages < 1 {
 		return errors.New("invalid limits: MaxBodyBytes, MaxPayloadBytes and MaxBatchMessages must be positive")
 	}
+	if c.PublishRateLimit < 0 || math.IsNaN(c.PublishRateLimit) || math.IsInf(c.PublishRateLimit, 0) {
+		return fmt.Errorf("invalid PublishRateLimit %v: set it to a positive number of messages per second, or 0 for no limit",
+			c.PublishRateLimit)
+	}
+	if c.PublishRateLimit > 0 && c.PublishRateBurst < 1 {
+		return fmt.Errorf("invalid PublishRateBurst %d: set it to 1 or more", c.PublishRateBurst)
+	}
 	return nil
+}
+
+// Option configures NewHandler beyond Config.
+type Option func(*handler)
+
+// WithDeadLetters serves the dead-letter routes from d. Without it they
+// respond with 501 Not Implemented.
+func WithDeadLetters(d DeadLetters) Option {
+	return func(h *handler) { h.deadLetters = d }
 }
 
 // handler holds what the route handlers share.
@@ -142,27 +218,49 @@ type handler struct {
 	msgs     Messages
 	ready    []ReadinessCheck
 	cursors  cursorCodec
-	metrics  *httpMetrics
-	logger   *slog.Logger
-	errorLog *logLimiter
-	router   *httprouter.Router
+	verifier *tokenVerifier
+	limiter  *publishLimiter
+	// deadLetters is nil unless WithDeadLetters was given.
+	deadLetters DeadLetters
+	// routeList has "METHOD /path/:param" of every registered route.
+	routeList []string
+	metrics   *httpMetrics
+	logger    *slog.Logger
+	errorLog  *logLimiter
+	router    *httprouter.Router
 }
 
 // NewHandler returns the HTTP handler of the API. It registers the HTTP
 // metrics on reg and serves gatherer on /metrics. A nil reg keeps the HTTP
-// metrics on a private registry, and a nil gatherer serves reg.
+// metrics on a private registry, and a nil gatherer serves reg. opts add
+// optional services such as WithDeadLetters.
 func NewHandler(cfg Config, tenants Tenants, pub Publisher, msgs Messages,
 	ready []ReadinessCheck, reg *prometheus.Registry, gatherer prometheus.Gatherer,
-	logger *slog.Logger) (http.Handler, error) {
+	logger *slog.Logger, opts ...Option) (http.Handler, error) {
+	h, err := newHandler(cfg, tenants, pub, msgs, ready, reg, gatherer, logger, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("creating api handler: %w", err)
+	}
+	return h.wrap(h.router), nil
+}
+
+// newHandler builds the handler and its router, without the middleware.
+func newHandler(cfg Config, tenants Tenants, pub Publisher, msgs Messages,
+	ready []ReadinessCheck, reg *prometheus.Registry, gatherer prometheus.Gatherer,
+	logger *slog.Logger, opts ...Option) (*handler, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
-		return nil, fmt.Errorf("creating api handler: %w", err)
+		return nil, err
+	}
+	verifier, err := newTokenVerifier(cfg.JWTSecret, cfg.PublicKeys, cfg.Issuer, cfg.Audience)
+	if err != nil {
+		return nil, fmt.Errorf("invalid PublicKeys: %w", err)
 	}
 	if tenants == nil || pub == nil || msgs == nil || logger == nil {
-		return nil, errors.New("creating api handler: tenants, publisher, messages and logger are required")
+		return nil, errors.New("tenants, publisher, messages and logger are required")
 	}
 	if err := validateChecks(ready); err != nil {
-		return nil, fmt.Errorf("creating api handler: %w", err)
+		return nil, err
 	}
 
 	if reg == nil {
@@ -173,7 +271,7 @@ func NewHandler(cfg Config, tenants Tenants, pub Publisher, msgs Messages,
 	}
 	metrics, err := newHTTPMetrics(reg)
 	if err != nil {
-		return nil, fmt.Errorf("creating api handler: %w", err)
+		return nil, err
 	}
 
 	h := &handler{
@@ -183,12 +281,17 @@ func NewHandler(cfg Config, tenants Tenants, pub Publisher, msgs Messages,
 		msgs:     msgs,
 		ready:    ready,
 		cursors:  cursorCodec{key: cfg.CursorKey},
+		verifier: verifier,
+		limiter:  newPublishLimiter(cfg.PublishRateLimit, cfg.PublishRateBurst),
 		metrics:  metrics,
 		logger:   logger,
 		errorLog: newLogLimiter(),
 	}
+	for _, opt := range opts {
+		opt(h)
+	}
 	h.router = h.routes(gatherer)
-	return h.wrap(h.router), nil
+	return h, nil
 }
 
 func validateChecks(checks []ReadinessCheck) error {
@@ -245,6 +348,9 @@ func (h *handler) routes(gatherer prometheus.Gatherer) *httprouter.Router {
 	h.handle(rt, http.MethodGet, "/api/v1/tenants/:id/messages", adminOrSelf, h.listMessages)
 	h.handle(rt, http.MethodPost, "/api/v1/messages", tenantOnly, h.publishMessages)
 	h.handle(rt, http.MethodGet, "/api/v1/messages", tenantOnly, h.listMessages)
+	h.handle(rt, http.MethodGet, "/api/v1/tenants/:id/dead-letters", adminOnly, h.listDeadLetters)
+	h.handle(rt, http.MethodPost, "/api/v1/tenants/:id/dead-letters/replay", adminOnly, h.replayDeadLetters)
+	h.handle(rt, http.MethodGet, "/api/v1/openapi.json", public, h.openAPI)
 
 	h.handle(rt, http.MethodGet, "/health", public, h.health)
 	h.handle(rt, http.MethodGet, "/ready", public, h.readiness)
@@ -255,6 +361,7 @@ func (h *handler) routes(gatherer prometheus.Gatherer) *httprouter.Router {
 // handle registers next under path, labels its metrics with path (the route
 // template, never the raw URL) and runs the access rule before next.
 func (h *handler) handle(rt *httprouter.Router, method, path string, rule access, next authedHandle) {
+	h.routeList = append(h.routeList, method+" "+path)
 	rt.Handle(method, path, func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		setRoute(r.Context(), path)
 

@@ -242,6 +242,7 @@ type testEnv struct {
 	msgs    *fakeMessages
 	reg     *prometheus.Registry
 	logs    *lockedBuffer
+	options []Option
 }
 
 type setupOption func(*testEnv, *[]ReadinessCheck)
@@ -252,6 +253,10 @@ func withConfig(change func(*Config)) setupOption {
 
 func withChecks(checks ...ReadinessCheck) setupOption {
 	return func(_ *testEnv, c *[]ReadinessCheck) { *c = checks }
+}
+
+func withOptions(opts ...Option) setupOption {
+	return func(e *testEnv, _ *[]ReadinessCheck) { e.options = append(e.options, opts...) }
 }
 
 // setup builds a handler over fakes holding the tenants "alpha" and "beta".
@@ -274,7 +279,7 @@ func setup(t *testing.T, opts ...setupOption) *testEnv {
 		opt(env, &checks)
 	}
 	logger := slog.New(slog.NewJSONHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h, err := NewHandler(env.cfg, env.tenants, env.pub, env.msgs, checks, env.reg, env.reg, logger)
+	h, err := NewHandler(env.cfg, env.tenants, env.pub, env.msgs, checks, env.reg, env.reg, logger, env.options...)
 	require.NoError(t, err)
 	env.handler = h
 	return env

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -104,33 +105,116 @@ func deriveKey(secret []byte, purpose string) []byte {
 	return mac.Sum(nil)
 }
 
-// parseToken verifies an HS256 token and its claims. exp is required; nbf
-// and iat are checked when present, each with tokenLeeway.
-func parseToken(secret []byte, token string) (*Claims, error) {
-	if len(token) > maxTokenBytes {
-		return nil, fmt.Errorf("%w: token is longer than %d bytes", jwt.ErrTokenMalformed, maxTokenBytes)
+// tokenVerifier checks tokens against the configured keys. Each
+// algorithm is pinned to its keys: HS256 verifies only with the secret, and
+// RS256 and ES256 only with the public key that the kid header names, which
+// must be of that algorithm. So an HS256 token whose HMAC key is a public
+// key's bytes is rejected, and so is an RS256 header on an ES256 key.
+type tokenVerifier struct {
+	secret []byte
+	keys   map[string]PublicKey
+	parser *jwt.Parser
+}
+
+// Reasons why no key verifies a token. Their text is safe to send back.
+var (
+	errNoSecret   = keyError("HS256 tokens are not accepted: the server has no HS256 secret")
+	errMissingKid = keyError("an RS256 or ES256 token needs a kid header naming its key")
+	errUnknownKid = keyError("the kid header names no configured key")
+	errKeyType    = keyError("the key that kid names is for another algorithm")
+)
+
+// keyError is the reason the key lookup for a token failed.
+type keyError string
+
+func (e keyError) Error() string { return string(e) }
+
+func newTokenVerifier(secret []byte, keys []PublicKey, issuer, audience string) (*tokenVerifier, error) {
+	v := &tokenVerifier{keys: make(map[string]PublicKey, len(keys))}
+	var methods []string
+	if len(secret) > 0 {
+		if err := checkSecret(secret); err != nil {
+			return nil, err
+		}
+		v.secret = secret
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
 	}
-	parser := jwt.NewParser(
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+	for _, k := range keys {
+		if _, err := newPublicKey(k.Key, k.Algorithm); err != nil {
+			return nil, fmt.Errorf("public key %q: %w", k.ID, err)
+		}
+		if err := checkKeyID(k.ID); err != nil {
+			return nil, fmt.Errorf("public key %q: %w", k.ID, err)
+		}
+		if _, dup := v.keys[k.ID]; dup {
+			return nil, fmt.Errorf("public key %q: kid is used twice", k.ID)
+		}
+		v.keys[k.ID] = k
+		if !slices.Contains(methods, k.Algorithm) {
+			methods = append(methods, k.Algorithm)
+		}
+	}
+	if len(methods) == 0 {
+		return nil, errors.New("no token key: set JWTSecret, PublicKeys or both")
+	}
+
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(tokenLeeway),
 		jwt.WithStrictDecoding(),
-	)
+	}
+	if issuer != "" {
+		opts = append(opts, jwt.WithIssuer(issuer))
+	}
+	if audience != "" {
+		opts = append(opts, jwt.WithAudience(audience))
+	}
+	v.parser = jwt.NewParser(opts...)
+	return v, nil
+}
+
+// parse verifies token and its claims. exp is required, and nbf and iat
+// are checked when present, each with tokenLeeway. iss and aud are
+// required when the verifier has an issuer or audience.
+func (v *tokenVerifier) parse(token string) (*Claims, error) {
+	if len(token) > maxTokenBytes {
+		return nil, fmt.Errorf("%w: token is longer than %d bytes", jwt.ErrTokenMalformed, maxTokenBytes)
+	}
 	claims := &Claims{}
-	_, err := parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		if t.Method != jwt.SigningMethodHS256 {
-			return nil, fmt.Errorf("unexpected signing method %v", t.Header["alg"])
-		}
-		return secret, nil
-	})
-	if err != nil {
+	if _, err := v.parser.ParseWithClaims(token, claims, v.key); err != nil {
 		return nil, err
 	}
 	if err := checkNumericDates(token); err != nil {
 		return nil, err
 	}
 	return claims, nil
+}
+
+// key returns the verification key for t. The parser has already checked
+// that t's alg is one of the configured algorithms.
+func (v *tokenVerifier) key(t *jwt.Token) (any, error) {
+	alg := t.Method.Alg()
+	if alg == jwt.SigningMethodHS256.Alg() {
+		if v.secret == nil {
+			return nil, errNoSecret
+		}
+		return v.secret, nil
+	}
+
+	kid, ok := t.Header["kid"].(string)
+	if !ok || kid == "" {
+		return nil, errMissingKid
+	}
+	k, ok := v.keys[kid]
+	switch {
+	case !ok:
+		return nil, errUnknownKid
+	case k.Algorithm != alg:
+		return nil, errKeyType
+	}
+	return k.Key, nil
 }
 
 // checkNumericDates rejects exp, nbf and iat written as JSON strings, which
@@ -165,24 +249,44 @@ func checkNumericDates(token string) error {
 // safe to send back: it never contains any part of the token.
 func describeTokenError(err error) string {
 	var ce claimsError
+	var ke keyError
 	switch {
 	case errors.As(err, &ce):
 		return string(ce)
+	case errors.As(err, &ke):
+		return string(ke)
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "the token has expired"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return "the token has no exp claim"
+		return "the token has no " + missingClaim(err) + " claim"
 	case errors.Is(err, jwt.ErrTokenNotValidYet):
 		return "the token is not valid yet (nbf)"
 	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
 		return "the token is issued in the future (iat)"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "the token's iss claim is not the expected issuer"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "the token's aud claim does not contain the expected audience"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
-		return "the token signature is invalid or its algorithm is not HS256"
+		return "the token signature is invalid or its algorithm is not accepted"
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "the token is malformed"
 	default:
 		return "the token is invalid"
 	}
+}
+
+// missingClaim returns the claim that an ErrTokenRequiredClaimMissing
+// error names. The jwt package states it only in the message, as "<name>
+// claim is required".
+func missingClaim(err error) string {
+	msg := err.Error()
+	for _, name := range []string{"iss", "aud"} {
+		if strings.Contains(msg, name+" claim is required") {
+			return name
+		}
+	}
+	return "exp"
 }
 
 // errNoToken means the request has no bearer token at all.
@@ -284,7 +388,7 @@ func (h *handler) authenticate(w http.ResponseWriter, r *http.Request) (*Claims,
 		return nil, false
 	}
 
-	claims, err := parseToken(h.cfg.JWTSecret, token)
+	claims, err := h.verifier.parse(token)
 	if err != nil {
 		reason := describeTokenError(err)
 		challenge(w, "invalid_token", reason)

@@ -33,6 +33,14 @@ func forgeToken(t *testing.T, header, claims map[string]any, key []byte, sign fu
 	return input + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
+// parseHS256 verifies token as a server with only testSecret does.
+func parseHS256(t *testing.T, token string) (*Claims, error) {
+	t.Helper()
+	v, err := newTokenVerifier(testSecret, nil, "", "")
+	require.NoError(t, err)
+	return v.parse(token)
+}
+
 func hs256(t *testing.T, claims map[string]any) string {
 	t.Helper()
 	return forgeToken(t, map[string]any{"alg": "HS256", "typ": "JWT"}, claims, testSecret, sha256.New)
@@ -107,7 +115,7 @@ func TestParseTokenRejects(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := parseToken(testSecret, tc.token)
+			_, err := parseHS256(t, tc.token)
 			require.Error(t, err)
 			require.Contains(t, describeTokenError(err), tc.want)
 
@@ -139,7 +147,7 @@ func TestParseTokenAccepts(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			claims, err := parseToken(testSecret, tc.token)
+			claims, err := parseHS256(t, tc.token)
 			require.NoError(t, err)
 			require.Equal(t, tc.role, claims.Role)
 			require.Equal(t, tc.tenant, claims.TenantID)
@@ -192,7 +200,7 @@ func TestSignTokenRoundTrip(t *testing.T) {
 	token, err := SignToken(testSecret, Claims{Role: RoleTenant, TenantID: "alpha"}, 5*time.Minute)
 	require.NoError(t, err)
 
-	claims, err := parseToken(testSecret, token)
+	claims, err := parseHS256(t, token)
 	require.NoError(t, err)
 	require.Equal(t, RoleTenant, claims.Role)
 	require.Equal(t, "alpha", claims.TenantID)

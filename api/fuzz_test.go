@@ -6,7 +6,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
+
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/go-messaging-system/messaging/persistence"
 )
@@ -53,7 +56,9 @@ func FuzzDecodePublishBody(f *testing.F) {
 			if !errors.As(err, &re) {
 				t.Fatalf("error %v is not a requestError", err)
 			}
-			if re.status != http.StatusBadRequest && re.status != http.StatusRequestEntityTooLarge {
+			// The body size is checked before decoding, so every error
+			// here is a 400.
+			if re.status != http.StatusBadRequest {
 				t.Fatalf("status %d for %v", re.status, err)
 			}
 			return
@@ -80,12 +85,36 @@ func FuzzDecodePublishBody(f *testing.F) {
 	})
 }
 
+// FuzzParseToken runs a verifier with the HS256 secret and an RS256 and an
+// ES256 public key, seeded with a valid token of each algorithm.
 func FuzzParseToken(f *testing.F) {
+	keys := testSigningKeys()
+	exp := time.Now().Add(24 * time.Hour).Unix()
+	for _, seed := range []struct {
+		method jwt.SigningMethod
+		key    any
+		kid    string
+	}{{jwt.SigningMethodRS256, keys.rsa, "r"}, {jwt.SigningMethodES256, keys.ec, "e"}} {
+		token := jwt.NewWithClaims(seed.method, jwt.MapClaims{"role": "admin", "exp": exp})
+		token.Header["kid"] = seed.kid
+		signed, err := token.SignedString(seed.key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(signed)
+	}
 	f.Add(adminToken(f))
 	f.Add(tenantToken(f, "alpha"))
 	f.Add("")
+	verifier, err := newTokenVerifier(testSecret, []PublicKey{
+		{ID: "r", Algorithm: AlgRS256, Key: &keys.rsa.PublicKey},
+		{ID: "e", Algorithm: AlgES256, Key: &keys.ec.PublicKey},
+	}, "", "")
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, token string) {
-		claims, err := parseToken(testSecret, token)
+		claims, err := verifier.parse(token)
 		if err != nil {
 			reason := describeTokenError(err)
 			if reason == "" {

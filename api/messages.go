@@ -54,7 +54,8 @@ func (h *handler) publishMessages(w http.ResponseWriter, r *http.Request, _ http
 		writeRequestError(w, err)
 		return
 	}
-	msgs, err := decodePublishBody(data, h.cfg.MaxPayloadBytes, h.cfg.MaxBatchMessages)
+	maxMessages := h.limiter.maxMessages(h.cfg.MaxBatchMessages)
+	msgs, err := decodePublishBody(data, h.cfg.MaxPayloadBytes, maxMessages)
 	if err != nil {
 		writeRequestError(w, err)
 		return
@@ -65,6 +66,10 @@ func (h *handler) publishMessages(w http.ResponseWriter, r *http.Request, _ http
 	// because no queue is bound to its routing key.
 	if _, err := h.tenants.Get(r.Context(), tenantID); err != nil {
 		h.writeBackendError(w, r, "look up the tenant", err)
+		return
+	}
+	if wait := h.limiter.take(tenantID, len(msgs), time.Now()); wait > 0 {
+		writeRateLimited(w, len(msgs), wait)
 		return
 	}
 
@@ -87,8 +92,10 @@ func (h *handler) publishMessages(w http.ResponseWriter, r *http.Request, _ http
 // decodePublishBody parses a publish request: {"payload": ..., "message_id":
 // ...} or {"messages": [{"payload": ..., "message_id": ...}, ...]}. It
 // compacts and checks every payload, gives a generated message id to each
-// message without one, and rejects a message id used twice. PublishedAt is
-// left for the caller.
+// message without one, and rejects a message id used twice. Every error is
+// a 400: more than maxMessages messages, a payload over maxPayloadBytes as
+// stored, or a message id over maxMessageIDBytes. PublishedAt is left for
+// the caller.
 func decodePublishBody(data []byte, maxPayloadBytes, maxMessages int) ([]transport.OutgoingMessage, error) {
 	var req publishRequest
 	present, err := checkMembers(data, jsonNames(&req))
@@ -117,10 +124,7 @@ func decodeBatch(items []json.RawMessage, maxPayloadBytes, maxMessages int) ([]t
 	case len(items) == 0:
 		return nil, badRequest(`"messages" must be a non-empty array`)
 	case len(items) > maxMessages:
-		return nil, &requestError{
-			status: http.StatusRequestEntityTooLarge,
-			detail: fmt.Sprintf(`"messages" has %d messages, the maximum is %d per request`, len(items), maxMessages),
-		}
+		return nil, badRequest(`"messages" has %d messages, the maximum is %d per request`, len(items), maxMessages)
 	}
 
 	msgs := make([]transport.OutgoingMessage, len(items))
@@ -234,7 +238,7 @@ func (h *handler) parsePageQuery(rawQuery, tenantID string) (persistence.Positio
 
 	limit := defaultLimit
 	if values, ok := query["limit"]; ok {
-		if limit, err = parseLimit(values[0]); err != nil {
+		if limit, err = parseLimitUpTo(values[0], maxLimit); err != nil {
 			return persistence.Position{}, 0, err
 		}
 	}
@@ -245,9 +249,10 @@ func (h *handler) parsePageQuery(rawQuery, tenantID string) (persistence.Positio
 	return after, limit, nil
 }
 
-func parseLimit(s string) (int, error) {
-	invalid := badRequest("limit must be an integer from 1 to %d, got %q", maxLimit, truncate(s, maxNameInError))
-	if s == "" || len(s) > 4 {
+// parseLimitUpTo parses a limit query value: decimal digits only, 1..most.
+func parseLimitUpTo(s string, most int) (int, error) {
+	invalid := badRequest("limit must be an integer from 1 to %d, got %q", most, truncate(s, maxNameInError))
+	if s == "" || len(s) > len(strconv.Itoa(most)) {
 		return 0, invalid
 	}
 	for i := 0; i < len(s); i++ {
@@ -256,7 +261,7 @@ func parseLimit(s string) (int, error) {
 		}
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > maxLimit {
+	if err != nil || n < 1 || n > most {
 		return 0, invalid
 	}
 	return n, nil

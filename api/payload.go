@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"unicode/utf8"
 )
@@ -38,10 +37,7 @@ func preparePayload(raw json.RawMessage, maxBytes int) ([]byte, error) {
 		return nil, err
 	}
 	if size > maxBytes {
-		return nil, &requestError{
-			status: http.StatusRequestEntityTooLarge,
-			detail: fmt.Sprintf("payload is %d bytes as stored, the maximum is %d", size, maxBytes),
-		}
+		return nil, badRequest("payload is %d bytes as stored, the maximum is %d", size, maxBytes)
 	}
 	return payload, nil
 }

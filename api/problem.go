@@ -90,6 +90,8 @@ func (h *handler) writeBackendError(w http.ResponseWriter, r *http.Request, op s
 	switch {
 	case errors.Is(err, persistence.ErrTenantNotFound):
 		tenantNotFound(w)
+	case errors.Is(err, transport.ErrQueueNotFound):
+		writeProblem(w, http.StatusNotFound, "the tenant's queue does not exist on the broker")
 	case errors.Is(err, persistence.ErrTenantExists):
 		writeProblem(w, http.StatusConflict, "a tenant with this id already exists")
 	case errors.Is(err, transport.ErrUnavailable):

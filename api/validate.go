@@ -14,9 +14,10 @@ import (
 const (
 	tenantIDPattern = `^[a-z0-9][a-z0-9_-]{0,62}$`
 
+	// maxNameRunes caps a tenant name; a longer one gets 400.
 	maxNameRunes = 200
 	// maxMessageIDBytes keeps message ids inside the 255-byte AMQP
-	// short string that carries them.
+	// short string that carries them. A longer id gets 400.
 	maxMessageIDBytes = 200
 	// generatedSlugRunes bounds the part of a generated tenant id that
 	// comes from the name, leaving room for the random suffix.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -36,8 +37,31 @@ type Config struct {
 	// HTTPAddr is the listen address of the HTTP API, default ":8080".
 	HTTPAddr string
 	// JWTSecret is the HS256 key for API tokens, at least MinJWTSecretBytes
-	// long. Required unless Dev is set.
+	// long. Required unless JWTPublicKeysFile or Dev is set.
 	JWTSecret string
+	// JWTPublicKeysFile names a file of public keys for RS256 and ES256
+	// tokens: PEM PUBLIC KEY blocks or a JWK Set (api.ParsePublicKeys
+	// describes both). Default none, which accepts only HS256 tokens.
+	JWTPublicKeysFile string
+	// JWTIssuer, when set, must equal the iss claim of every token. Default
+	// none (iss is not checked).
+	JWTIssuer string
+	// JWTAudience, when set, must be among the aud claim values of every
+	// token. Default none (aud is not checked).
+	JWTAudience string
+	// CursorSecret is the key of the pagination cursors' MAC, at least
+	// MinJWTSecretBytes long. Default: derived from JWTSecret. Without
+	// either, the server makes a random key at each start, and cursors
+	// from before a restart are rejected.
+	CursorSecret string
+	// PublishRateLimit is the sustained rate, in messages per second, at
+	// which each tenant may publish over HTTP. Default 0: no limit.
+	PublishRateLimit float64
+	// PublishRateBurst is how many messages a tenant may publish at once
+	// before PublishRateLimit applies; it also caps the messages of one
+	// request. Default 0: the larger of 1000 (the batch maximum) and one
+	// second of PublishRateLimit.
+	PublishRateBurst int
 	// DefaultWorkerCount is the worker_count of a tenant created without one,
 	// default 3.
 	DefaultWorkerCount int
@@ -107,6 +131,12 @@ func settings() []setting {
 		{"rabbitmq_url", "RABBITMQ_URL", "RabbitMQ AMQP URL", setString(func(c *Config) *string { return &c.RabbitMQURL })},
 		{"http_addr", "HTTP_ADDR", "HTTP listen address", setString(func(c *Config) *string { return &c.HTTPAddr })},
 		{"jwt_secret", "JWT_SECRET", "HS256 secret for API tokens (at least 32 bytes)", setString(func(c *Config) *string { return &c.JWTSecret })},
+		{"jwt_public_keys_file", "JWT_PUBLIC_KEYS_FILE", "PEM or JWKS file of RS256/ES256 public keys for API tokens", setString(func(c *Config) *string { return &c.JWTPublicKeysFile })},
+		{"jwt_issuer", "JWT_ISSUER", "required iss claim of API tokens (unchecked when empty)", setString(func(c *Config) *string { return &c.JWTIssuer })},
+		{"jwt_audience", "JWT_AUDIENCE", "required aud claim value of API tokens (unchecked when empty)", setString(func(c *Config) *string { return &c.JWTAudience })},
+		{"cursor_secret", "CURSOR_SECRET", "key of pagination cursors (at least 32 bytes; default derived from JWT_SECRET)", setString(func(c *Config) *string { return &c.CursorSecret })},
+		{"publish_rate_limit", "PUBLISH_RATE_LIMIT", "messages per second each tenant may publish over HTTP (0 = no limit)", setFloat(func(c *Config) *float64 { return &c.PublishRateLimit })},
+		{"publish_rate_burst", "PUBLISH_RATE_BURST", "messages a tenant may publish at once before the rate limit applies (0 = default)", setInt(func(c *Config) *int { return &c.PublishRateBurst })},
 		{"default_worker_count", "DEFAULT_WORKER_COUNT", "worker_count of a tenant created without one", setInt(func(c *Config) *int { return &c.DefaultWorkerCount })},
 		{"max_worker_count", "MAX_WORKER_COUNT", "largest worker_count the API accepts", setInt(func(c *Config) *int { return &c.MaxWorkerCount })},
 		{"batch_size", "BATCH_SIZE", "messages per batch insert", setInt(func(c *Config) *int { return &c.BatchSize })},
@@ -140,6 +170,17 @@ func setInt(field func(*Config) *int) func(*Config, string) error {
 			return fmt.Errorf("%q is not a whole number", v)
 		}
 		*field(c) = n
+		return nil
+	}
+}
+
+func setFloat(field func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return fmt.Errorf("%q is not a number such as 50 or 0.5", v)
+		}
+		*field(c) = f
 		return nil
 	}
 }
@@ -302,16 +343,33 @@ func (c *Config) Validate() error {
 	_, levelErr := ParseLevel(c.LogLevel)
 	check(levelErr == nil, "LOG_LEVEL is %q: use debug, info, warn or error", c.LogLevel)
 	check(c.LogFormat == "json" || c.LogFormat == "text", "LOG_FORMAT is %q: use json or text", c.LogFormat)
-	if c.JWTSecret != "" {
+
+	c.validateAuth(check)
+	check(c.PublishRateLimit >= 0, "PUBLISH_RATE_LIMIT is %v: it must be 0 (no limit) or a positive number of messages per second",
+		c.PublishRateLimit)
+	check(c.PublishRateBurst >= 0, "PUBLISH_RATE_BURST is %d: it must be 0 (the default) or positive", c.PublishRateBurst)
+	check(c.PublishRateBurst == 0 || c.PublishRateLimit > 0,
+		"PUBLISH_RATE_BURST is %d but PUBLISH_RATE_LIMIT is 0: set PUBLISH_RATE_LIMIT too, or unset the burst", c.PublishRateBurst)
+	return errors.Join(errs...)
+}
+
+// validateAuth checks the token and cursor keys. The public keys file is
+// read and parsed when the server starts.
+func (c *Config) validateAuth(check func(ok bool, format string, args ...any)) {
+	switch {
+	case c.JWTSecret != "":
 		check(len(c.JWTSecret) >= MinJWTSecretBytes,
 			"JWT_SECRET is %d bytes: it must be at least %d; generate one with 'openssl rand -hex 32'",
 			len(c.JWTSecret), MinJWTSecretBytes)
-	} else {
-		check(c.Dev, "JWT_SECRET is not set: set it to at least %d random bytes (for example "+
-			"export JWT_SECRET=$(openssl rand -hex 32)), or pass -dev for a local development secret",
+	case c.JWTPublicKeysFile == "":
+		check(c.Dev, "JWT_SECRET is not set, and neither is JWT_PUBLIC_KEYS_FILE: set JWT_SECRET to at least %d "+
+			"random bytes (for example export JWT_SECRET=$(openssl rand -hex 32)), or JWT_PUBLIC_KEYS_FILE to a "+
+			"PEM or JWKS file of RS256/ES256 public keys, or pass -dev for a local development secret",
 			MinJWTSecretBytes)
 	}
-	return errors.Join(errs...)
+	check(c.CursorSecret == "" || len(c.CursorSecret) >= MinJWTSecretBytes,
+		"CURSOR_SECRET is %d bytes: it must be at least %d; generate one with 'openssl rand -hex 32'",
+		len(c.CursorSecret), MinJWTSecretBytes)
 }
 
 // ParseLevel converts a LOG_LEVEL value to a slog level.

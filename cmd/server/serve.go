@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -69,6 +71,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	}
 	logger.Info("server: starting", "http_addr", cfg.HTTPAddr, "batch_size", cfg.BatchSize,
 		"batch_timeout", cfg.BatchTimeout, "default_worker_count", cfg.DefaultWorkerCount)
+	apiCfg, err := apiConfig(cfg, logger)
+	if err != nil {
+		return err
+	}
 
 	// work bounds every database and broker call of the actors. It outlives
 	// ctx so that workers can flush during a graceful shutdown, and ends at
@@ -111,7 +117,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 
-	srv, err := newHTTPServer(cfg, sup, broker, store, reg, logger)
+	srv, err := newHTTPServer(cfg.HTTPAddr, apiCfg, sup, broker, store, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -241,7 +247,7 @@ func startSupervisor(ctx context.Context, system *actor.ActorSystem, store *pers
 	return sup, nil
 }
 
-func newHTTPServer(cfg config.Config, sup *supervisor.Supervisor, broker *transport.Broker,
+func newHTTPServer(addr string, apiCfg api.Config, sup *supervisor.Supervisor, broker *transport.Broker,
 	store *persistence.Postgres, reg *prometheus.Registry, logger *slog.Logger) (*http.Server, error) {
 	checks := []api.ReadinessCheck{
 		{Name: "database", Check: store.Ping},
@@ -253,13 +259,54 @@ func newHTTPServer(cfg config.Config, sup *supervisor.Supervisor, broker *transp
 		}},
 		{Name: "consumers", Check: func(context.Context) error { return sup.Ready() }},
 	}
-	handler, err := api.NewHandler(api.Config{
-		JWTSecret:          []byte(cfg.JWTSecret),
-		DefaultWorkerCount: cfg.DefaultWorkerCount,
-		MaxWorkerCount:     cfg.MaxWorkerCount,
-	}, tenantService{sup}, publisher{broker: broker, sup: sup}, store, checks, reg, reg, logger)
+	handler, err := api.NewHandler(apiCfg, tenantService{sup}, publisher{broker: broker, sup: sup}, store,
+		checks, reg, reg, logger, api.WithDeadLetters(broker))
 	if err != nil {
 		return nil, err
 	}
-	return api.NewServer(cfg.HTTPAddr, handler), nil
+	return api.NewServer(addr, handler), nil
+}
+
+// apiConfig builds the API settings: it reads JWT_PUBLIC_KEYS_FILE and
+// picks the cursor key. It logs the kid and algorithm of every public key,
+// so an operator can see the kids that tokens must carry.
+func apiConfig(cfg config.Config, logger *slog.Logger) (api.Config, error) {
+	apiCfg := api.Config{
+		JWTSecret:          []byte(cfg.JWTSecret),
+		Issuer:             cfg.JWTIssuer,
+		Audience:           cfg.JWTAudience,
+		DefaultWorkerCount: cfg.DefaultWorkerCount,
+		MaxWorkerCount:     cfg.MaxWorkerCount,
+		PublishRateLimit:   cfg.PublishRateLimit,
+		PublishRateBurst:   cfg.PublishRateBurst,
+		CursorKey:          []byte(cfg.CursorSecret),
+	}
+	if cfg.JWTPublicKeysFile != "" {
+		keys, skipped, err := api.LoadPublicKeys(cfg.JWTPublicKeysFile)
+		if err != nil {
+			return apiCfg, usageError{fmt.Errorf("invalid JWT_PUBLIC_KEYS_FILE: %w", err)}
+		}
+		for _, reason := range skipped {
+			logger.Warn("server: public key skipped", "file", cfg.JWTPublicKeysFile, "reason", reason)
+		}
+		for _, k := range keys {
+			logger.Info("server: public key loaded", "kid", k.ID, "alg", k.Algorithm)
+		}
+		apiCfg.PublicKeys = keys
+	}
+
+	if len(apiCfg.CursorKey) == 0 && len(apiCfg.JWTSecret) == 0 {
+		apiCfg.CursorKey = make([]byte, 32)
+		_, _ = rand.Read(apiCfg.CursorKey) // crypto/rand.Read never fails since Go 1.24.
+		logger.Warn("server: no CURSOR_SECRET or JWT_SECRET; pagination cursors use a random key " +
+			"and stop working at the next restart; set CURSOR_SECRET to keep them valid")
+	}
+	if cfg.PublishRateLimit > 0 {
+		burst := "default"
+		if cfg.PublishRateBurst > 0 {
+			burst = strconv.Itoa(cfg.PublishRateBurst)
+		}
+		logger.Info("server: publish rate limit", "messages_per_second", cfg.PublishRateLimit, "burst", burst)
+	}
+	return apiCfg, nil
 }

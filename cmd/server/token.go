@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/go-messaging-system/messaging/api"
 	"github.com/go-messaging-system/messaging/persistence"
 )
@@ -44,6 +46,15 @@ func printToken(args []string, getenv func(string) string, stdout, stderr io.Wri
 	cfg, _, err := loadConfig(rest, getenv, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.JWTSecret == "" {
+		return usageError{fmt.Errorf("token: this command signs HS256 tokens only: set JWT_SECRET or pass -dev " +
+			"(RS256 and ES256 tokens are signed by whoever holds the private key)")}
+	}
+	// A server with JWT_ISSUER or JWT_AUDIENCE requires those claims.
+	claims.Issuer = cfg.JWTIssuer
+	if cfg.JWTAudience != "" {
+		claims.Audience = jwt.ClaimStrings{cfg.JWTAudience}
 	}
 	token, err := api.SignToken([]byte(cfg.JWTSecret), claims, *ttl)
 	if err != nil {
