@@ -199,6 +199,18 @@ func (f *fixture) queueDepth(queue string) int {
 	return q.Messages
 }
 
+// deleteQueue deletes a queue from outside the server.
+func (f *fixture) deleteQueue(queue string) {
+	f.t.Helper()
+	conn, err := amqp.Dial(testenv.RabbitMQURL())
+	require.NoError(f.t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(f.t, err)
+	_, err = ch.QueueDelete(queue, false, false, false)
+	require.NoError(f.t, err)
+}
+
 // deadLetters reads every message of the tenant's dead-letter queue.
 func (f *fixture) deadLetters(want int, timeout time.Duration) []amqp.Delivery {
 	f.t.Helper()

@@ -222,3 +222,18 @@ func gaugeValue(t *testing.T, f *fixture, name string) float64 {
 	t.Fatalf("no %s series for tenant %s", name, f.tenant)
 	return 0
 }
+
+func TestWorkerRedeclaresMissingDeadLetterQueue(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{}, nil)
+	f.spawn(1)
+	f.deleteQueue(transport.DeadLetterQueueName(f.tenant))
+
+	f.publish("ok", 0, 20)
+	f.publishRaw("bad", []byte("not json"))
+	f.waitCount(20, 30*time.Second)
+	dead := f.deadLetters(1, 30*time.Second)
+	require.Len(t, dead, 1)
+	require.Equal(t, "bad", dead[0].MessageId)
+	require.Equal(t, 21.0, f.counter(f.metrics.Received, f.tenant), "the poison message is not redelivered")
+}

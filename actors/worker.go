@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -12,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/go-messaging-system/messaging/persistence"
+	"github.com/go-messaging-system/messaging/transport"
 )
 
 // Dead-letter reasons, sent in the x-death-reason header and used as the
@@ -271,9 +273,19 @@ func (w *worker) failBatch(index []int, err error) {
 func (w *worker) deadLetter(p *pending, reason, detail string) {
 	n := w.attempts.get(p.d.Delivery) + 1
 	err := w.deps.Broker.DeadLetter(w.deps.Context, w.tenantID, *p.d.Delivery, reason, detail, n)
+	if errors.Is(err, transport.ErrUnroutable) {
+		// The dead-letter queue was deleted from outside: declare the
+		// tenant's queues again and retry once.
+		if dErr := w.deps.Broker.DeclareTenant(w.deps.Context, w.tenantID); dErr == nil {
+			err = w.deps.Broker.DeadLetter(w.deps.Context, w.tenantID, *p.d.Delivery, reason, detail, n)
+		}
+	}
 	if err != nil {
+		// Counting the try bounds the loop: the message comes back as a
+		// redelivery and, past MaxAttempts, is dead-lettered again.
 		w.logger.Error("worker: dead-letter publish failed; requeueing the message",
 			"err", err, "reason", reason, "message_id", p.d.MessageId)
+		w.attempts.fail(p.d.Delivery)
 		w.nack(p)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -443,4 +445,18 @@ func TestErrUnavailableMapsTo503(t *testing.T) {
 		token: tenantToken(t, "alpha"), body: `{"payload": 1}`})
 	requireProblem(t, rec, http.StatusServiceUnavailable, "broker is unavailable")
 	require.Equal(t, "5", rec.Header().Get("Retry-After"))
+}
+
+func TestLostDatabaseMapsTo503(t *testing.T) {
+	t.Parallel()
+	env := setup(t)
+	// What pgx returns when pg_terminate_backend ends the connection.
+	env.tenants.err = fmt.Errorf("get tenant: %w",
+		&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"})
+
+	rec := env.do(t, request{method: http.MethodPost, path: "/api/v1/messages",
+		token: tenantToken(t, "alpha"), body: `{"payload": 1}`})
+	requireProblem(t, rec, http.StatusServiceUnavailable, "database is unavailable")
+	require.Equal(t, "5", rec.Header().Get("Retry-After"))
+	require.Empty(t, env.pub.messages("alpha"), "nothing is published when the tenant lookup failed")
 }

@@ -102,6 +102,12 @@ func (h *handler) writeBackendError(w http.ResponseWriter, r *http.Request, op s
 		// The client went away: the status is for the log and the metrics.
 		h.logger.DebugContext(ctx, "api: request canceled", "op", op, "err", err)
 		writeProblem(w, http.StatusServiceUnavailable, "the request was canceled")
+	case persistence.IsRetryable(err):
+		// A lost or restarting database: nothing was published or changed
+		// that a retry could duplicate beyond what message_id prevents.
+		h.errorLog.log(ctx, h.logger, slog.LevelWarn, "api: database unavailable", op, "err", err)
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeProblem(w, http.StatusServiceUnavailable, "the database is unavailable; retry later")
 	case errors.Is(err, context.DeadlineExceeded):
 		h.errorLog.log(ctx, h.logger, slog.LevelWarn, "api: backend timed out", op, "err", err)
 		w.Header().Set("Retry-After", retryAfterSeconds)

@@ -201,13 +201,16 @@ func (r *rootActor) delete(c actor.Context, id string) {
 	})
 }
 
-// removeTenant deletes the tenant's row and partition, then its queues.
+// removeTenant deletes the tenant's queues, then its row and partition.
+// The queues go first: if the broker is down, the row stays, the next sync
+// starts the tenant again and a retried delete finds it, whereas a row
+// deleted first would leave queues that nothing remembers.
 func (r *rootActor) removeTenant(id string) error {
-	if err := r.store.DeleteTenant(r.ctx(), id); err != nil {
-		return err
-	}
 	if err := r.broker.DeleteTenant(r.ctx(), id); err != nil {
 		return fmt.Errorf("delete queues of tenant %s: %w", id, err)
+	}
+	if err := r.store.DeleteTenant(r.ctx(), id); err != nil {
+		return err
 	}
 	r.logger.Info("supervisor: tenant deleted", "tenant_id", id)
 	return nil

@@ -259,3 +259,49 @@ func TestSupervisorShutdownTwice(t *testing.T) {
 	require.True(t, errors.Is(err, supervisor.ErrStopped), "got %v", err)
 	require.Error(t, sup.Ready())
 }
+
+// flakyBroker fails DeleteTenant while failDeletes is set, as a stopped
+// broker would.
+type flakyBroker struct {
+	supervisor.Broker
+	mu          sync.Mutex
+	failDeletes bool
+}
+
+func (b *flakyBroker) DeleteTenant(ctx context.Context, id string) error {
+	b.mu.Lock()
+	fail := b.failDeletes
+	b.mu.Unlock()
+	if fail {
+		return transport.ErrUnavailable
+	}
+	return b.Broker.DeleteTenant(ctx, id)
+}
+
+func TestSupervisorDeleteRetriesAfterBrokerFault(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	broker := &flakyBroker{Broker: f.broker, failDeletes: true}
+	ctx := ctxT(t)
+	sup, err := supervisor.Start(ctx, f.system, f.store, broker, f.deps,
+		supervisor.Config{SyncInterval: 100 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sup.Shutdown(context.Background()) })
+	id := f.tenantID()
+	_, err = sup.Create(ctx, persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
+	require.NoError(t, err)
+
+	err = sup.Delete(ctx, id)
+	require.ErrorIs(t, err, transport.ErrUnavailable)
+	_, err = f.store.GetTenant(ctx, id)
+	require.NoError(t, err, "the row stays while the queues could not be deleted")
+	eventually(t, 10*time.Second, "the tenant restarted by the sync", func() bool { return sup.Running(id) })
+
+	broker.mu.Lock()
+	broker.failDeletes = false
+	broker.mu.Unlock()
+	require.NoError(t, sup.Delete(ctx, id))
+	require.False(t, queueExists(t, transport.QueueName(id)))
+	_, err = f.store.GetTenant(ctx, id)
+	require.ErrorIs(t, err, persistence.ErrTenantNotFound)
+}
