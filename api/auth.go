@@ -356,7 +356,8 @@ func (h *handler) authorize(w http.ResponseWriter, r *http.Request, ps httproute
 		return ps.ByName("id"), true
 	case tenantOnly:
 		if claims.Role != RoleTenant {
-			forbidden(w, "this route needs a tenant token; admins use /api/v1/tenants/{id}/messages")
+			forbidden(w, "this route needs a tenant token: publish with a token minted for the tenant, "+
+				"and read a tenant's messages as admin at /api/v1/tenants/{id}/messages")
 			return "", false
 		}
 		return claims.TenantID, true

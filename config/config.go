@@ -382,9 +382,18 @@ func ParseLevel(s string) (slog.Level, error) {
 // NewLogger builds the server's logger from LogLevel and LogFormat.
 func (c *Config) NewLogger(w io.Writer) *slog.Logger {
 	level, _ := ParseLevel(c.LogLevel)
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationsAsText}
 	if c.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// durationsAsText writes durations as "1.5s" instead of the JSON handler's
+// integer nanoseconds, so a log reader needs no unit.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }

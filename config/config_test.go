@@ -180,3 +180,11 @@ func TestUsageListsEveryVariable(t *testing.T) {
 		require.True(t, strings.Contains(u, v), "usage lacks %s", v)
 	}
 }
+
+func TestLoggerWritesDurationsAsText(t *testing.T) {
+	t.Parallel()
+	c := config.Default()
+	var buf strings.Builder
+	c.NewLogger(&buf).Info("x", "wait", 1500*time.Millisecond)
+	require.Contains(t, buf.String(), `"wait":"1.5s"`)
+}

@@ -24,8 +24,10 @@ import (
 	"github.com/go-messaging-system/messaging/transport"
 )
 
-// loadConfig reads the configuration and builds the logger.
-func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (config.Config, *slog.Logger, error) {
+// loadConfig reads the configuration and builds the logger. warnDev logs
+// that a development secret is in use; the token command leaves it off.
+func loadConfig(args []string, getenv func(string) string, stderr io.Writer,
+	warnDev bool) (config.Config, *slog.Logger, error) {
 	bootLogger := slog.New(slog.NewJSONHandler(stderr, nil))
 	cfg, err := config.Load(args, getenv, bootLogger)
 	if err != nil {
@@ -36,7 +38,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	if err != nil {
 		return cfg, nil, err
 	}
-	if created {
+	if created && warnDev {
 		path, _ := cfg.DevSecretPath()
 		logger.Warn("development mode: using a local JWT secret; set JWT_SECRET in production", "secret_file", path)
 	}
@@ -44,7 +46,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 }
 
 func migrate(args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, logger, err := loadConfig(args, getenv, stderr)
+	cfg, logger, err := loadConfig(args, getenv, stderr, true)
 	if err != nil {
 		return err
 	}
@@ -65,7 +67,7 @@ func migrate(args []string, getenv func(string) string, stderr io.Writer) error 
 // serve runs the server until ctx is cancelled (SIGINT or SIGTERM), then
 // shuts down gracefully within ShutdownTimeout.
 func serve(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, logger, err := loadConfig(args, getenv, stderr)
+	cfg, logger, err := loadConfig(args, getenv, stderr, true)
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ func printToken(args []string, getenv func(string) string, stdout, stderr io.Wri
 		return usageError{fmt.Errorf("token: -role must be admin or tenant, got %q", *role)}
 	}
 
-	cfg, _, err := loadConfig(rest, getenv, stderr)
+	cfg, _, err := loadConfig(rest, getenv, stderr, false)
 	if err != nil {
 		return err
 	}
