@@ -164,6 +164,7 @@ func (w *worker) prepare() ([]persistence.Message, []int) {
 		case !json.Valid(p.d.Body):
 			w.deadLetter(p, ReasonInvalidJSON, "body is not valid JSON")
 		default:
+			injectFault(p.d.Delivery)
 			msgs = append(msgs, toMessage(p.d.Delivery))
 			index = append(index, i)
 		}
