@@ -2,6 +2,7 @@ package actors_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -211,18 +212,27 @@ func (f *fixture) deleteQueue(queue string) {
 	require.NoError(f.t, err)
 }
 
-// deadLetters reads every message of the tenant's dead-letter queue.
+// deadLetters reads up to want messages of the tenant's dead-letter queue,
+// waiting up to timeout for them. A queue that does not exist yet (the
+// worker declares it again after it was deleted) counts as empty.
 func (f *fixture) deadLetters(want int, timeout time.Duration) []amqp.Delivery {
 	f.t.Helper()
 	conn, err := amqp.Dial(testenv.RabbitMQURL())
 	require.NoError(f.t, err)
 	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(f.t, err)
 	var out []amqp.Delivery
+	var ch *amqp.Channel
 	deadline := time.Now().Add(timeout)
 	for len(out) < want && time.Now().Before(deadline) {
+		if ch == nil || ch.IsClosed() {
+			ch, err = conn.Channel()
+			require.NoError(f.t, err)
+		}
 		d, ok, err := ch.Get(transport.DeadLetterQueueName(f.tenant), true)
+		var amqpErr *amqp.Error
+		if errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound {
+			ok, err = false, nil // the 404 closed the channel; open another
+		}
 		require.NoError(f.t, err)
 		if !ok {
 			time.Sleep(50 * time.Millisecond)
