@@ -121,7 +121,7 @@ func NewTenantProps(id string, workerCount int, deps *Deps, state *TenantState) 
 func (t *tenant) Receive(c actor.Context) {
 	switch m := c.Message().(type) {
 	case *actor.Started:
-		t.router = newRouter(c.ActorSystem().Root)
+		t.router = newRouter(c.ActorSystem().Root, t.deps.Options.BatchSize)
 		t.scale(c)
 		t.openConsumer(c)
 	case *Resize:
@@ -206,12 +206,13 @@ func (t *tenant) scale(c actor.Context) {
 func (t *tenant) spawnWorker(c actor.Context) {
 	t.nextName++
 	logger := t.logger.With("worker", t.nextName)
+	pending := new(atomic.Int64)
 	props := actor.PropsFromProducer(func() actor.Actor {
-		return newWorker(t.id, t.deps, t.attempts, logger)
+		return newWorker(t.id, t.deps, t.attempts, pending, logger)
 	}, actor.WithReceiverMiddleware(reportLifecycle))
 	pid := c.Spawn(props)
 	t.workers[pid.Id] = pid
-	t.router.add(pid)
+	t.router.add(pid, pending)
 }
 
 // reportLifecycle tells the tenant when a worker (re)starts or fails, so

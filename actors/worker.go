@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -60,7 +61,8 @@ type worker struct {
 	logger   *slog.Logger
 
 	batch       []pending
-	idleCheck   bool // a flushIfIdle is in the mailbox
+	routed      *atomic.Int64 // deliveries routed here and not flushed; shared with the router
+	idleCheck   bool          // a flushIfIdle is in the mailbox
 	timer       *time.Timer
 	timerGen    uint64
 	retryStreak int // consecutive transient failures, for log rate limiting
@@ -68,8 +70,8 @@ type worker struct {
 
 var _ actor.Actor = (*worker)(nil)
 
-func newWorker(tenantID string, deps *Deps, att *attempts, logger *slog.Logger) *worker {
-	return &worker{tenantID: tenantID, deps: deps, attempts: att, logger: logger}
+func newWorker(tenantID string, deps *Deps, att *attempts, routed *atomic.Int64, logger *slog.Logger) *worker {
+	return &worker{tenantID: tenantID, deps: deps, attempts: att, routed: routed, logger: logger}
 }
 
 // Receive handles one message of the worker's mailbox.
@@ -144,6 +146,7 @@ func (w *worker) flush() {
 	if len(msgs) > 0 {
 		w.store(msgs, index)
 	}
+	w.routed.Add(-int64(len(w.batch)))
 	w.batch = w.batch[:0]
 }
 
@@ -336,6 +339,7 @@ func (w *worker) requeueBatch(why string) {
 	if n > 0 {
 		w.logger.Warn("worker: requeued in-flight deliveries", "reason", why, "count", n)
 	}
+	w.routed.Add(-int64(len(w.batch)))
 	w.batch = nil
 }
 
