@@ -31,9 +31,18 @@ func newAcker() *acker {
 	return &acker{next: 1, settled: make(map[uint64]bool)}
 }
 
-// ack records that d was stored and sends the acks it makes possible.
-func (a *acker) ack(d *amqp.Delivery) error {
-	return a.settle(d, true)
+// ack records that every delivery of ds was stored and sends the acks
+// that makes possible: one, for a worker that settles its batch in order.
+func (a *acker) ack(ds ...*amqp.Delivery) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, d := range ds {
+		a.settled[d.DeliveryTag] = true
+	}
+	return a.advance(ds[0].Acknowledger)
 }
 
 // nack returns d to the queue and records it as settled.
@@ -45,15 +54,19 @@ func (a *acker) nack(d *amqp.Delivery) error {
 	return err
 }
 
-// settle records d and, when the settled run from next has grown, acks the
-// run's last tag with multiple=true. The ack is sent under the lock: two
-// multiple acks that overtook each other would ack an unknown tag, which
-// closes the channel.
+// settle records one delivery.
 func (a *acker) settle(d *amqp.Delivery, needsAck bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.settled[d.DeliveryTag] = needsAck
+	return a.advance(d.Acknowledger)
+}
 
+// advance moves next past the settled run and, when the run holds
+// deliveries to ack, acks its last one with multiple=true. The caller holds
+// the lock, and the ack is sent under it: two multiple acks that overtook
+// each other would ack an unknown tag, which closes the channel.
+func (a *acker) advance(ch amqp.Acknowledger) error {
 	ackUpTo := uint64(0)
 	for {
 		v, ok := a.settled[a.next]
@@ -69,5 +82,5 @@ func (a *acker) settle(d *amqp.Delivery, needsAck bool) error {
 	if ackUpTo == 0 {
 		return nil
 	}
-	return d.Acknowledger.Ack(ackUpTo, true)
+	return ch.Ack(ackUpTo, true)
 }

@@ -119,3 +119,17 @@ func TestAckerConcurrentWorkers(t *testing.T) {
 		require.Equal(t, want, how, "tag %d", tag)
 	}
 }
+
+func TestAckerBatchInOrderSendsOneAck(t *testing.T) {
+	t.Parallel()
+	ch := &recordingChannel{t: t, settled: map[uint64]string{}}
+	a := newAcker()
+	ds := deliveries(ch, 6)
+
+	require.NoError(t, a.ack(ds[3:]...))
+	require.Empty(t, ch.acks, "tags 1 to 3 are still outstanding")
+	require.NoError(t, a.ack(ds[:3]...))
+	require.Equal(t, []uint64{6}, ch.acks, "one frame acks the whole run")
+	require.NoError(t, a.ack())
+	require.Equal(t, []uint64{6}, ch.acks, "an empty call sends nothing")
+}

@@ -79,9 +79,10 @@ type tenant struct {
 	router   *router
 
 	desired  int
-	workers  map[string]*actor.PID // routed to
-	retiring map[string]*actor.PID // removed from the router, draining
-	down     map[string]bool       // failed, waiting for their restart
+	workers  map[string]*actor.PID    // routed to
+	retiring map[string]*actor.PID    // removed from the router, draining
+	drains   map[string]*actor.Future // drain request of each retiring worker
+	down     map[string]bool          // failed, waiting for their restart
 	nextName int
 
 	phase     phase
@@ -110,6 +111,7 @@ func NewTenantProps(id string, workerCount int, deps *Deps, state *TenantState) 
 			desired:  workerCount,
 			workers:  make(map[string]*actor.PID),
 			retiring: make(map[string]*actor.PID),
+			drains:   make(map[string]*actor.Future),
 			down:     make(map[string]bool),
 		}
 	}, actor.WithSupervisor(newRestartStrategy(deps.Options, logger, func() {
@@ -237,6 +239,7 @@ func (t *tenant) retire(c actor.Context, pid *actor.PID) {
 	delete(t.workers, pid.Id)
 	t.retiring[pid.Id] = pid
 	f := c.RequestFuture(pid, &drainRequest{}, t.deps.Options.DrainTimeout)
+	t.drains[pid.Id] = f
 	c.ReenterAfter(f, func(_ any, err error) {
 		if err != nil {
 			t.logger.Warn("tenant: retiring worker did not drain in time; stopping it", "worker", pid.Id, "err", err)
@@ -248,6 +251,7 @@ func (t *tenant) retire(c actor.Context, pid *actor.PID) {
 func (t *tenant) onTerminated(c actor.Context, pid *actor.PID) {
 	if _, ok := t.retiring[pid.Id]; ok {
 		delete(t.retiring, pid.Id)
+		delete(t.drains, pid.Id)
 		delete(t.down, pid.Id)
 		t.publishCounts()
 		return
@@ -391,21 +395,32 @@ func (t *tenant) closeConsumer() {
 	t.consumer = nil
 }
 
-// drainWorkers asks every routed worker to flush and settle what it holds
-// and runs then once all have answered or timed out. Mailboxes are FIFO, so
-// a worker answers only after every delivery routed to it before the drain
-// request.
+// drainWorkers asks every routed worker to flush and settle what it holds,
+// waits for the drains of retiring workers too, and runs then once all
+// have answered or timed out. Mailboxes are FIFO, so a worker answers only
+// after every delivery routed to it before the drain request. Retiring
+// workers count because acks are coalesced over runs of tags: one
+// unsettled delivery of theirs would hold back the acks of everything
+// after it when the channel closes. Their own drain request is awaited
+// rather than a second one sent, which could reach a stopping worker and
+// be dropped.
 func (t *tenant) drainWorkers(c actor.Context, then func()) {
-	if len(t.workers) == 0 {
+	futures := make([]*actor.Future, 0, len(t.workers)+len(t.drains))
+	for _, pid := range t.workers {
+		futures = append(futures, c.RequestFuture(pid, &drainRequest{}, t.deps.Options.DrainTimeout))
+	}
+	for _, f := range t.drains {
+		futures = append(futures, f)
+	}
+	if len(futures) == 0 {
 		then()
 		return
 	}
-	remaining := len(t.workers)
-	for _, pid := range t.workers {
-		f := c.RequestFuture(pid, &drainRequest{}, t.deps.Options.DrainTimeout)
+	remaining := len(futures)
+	for _, f := range futures {
 		c.ReenterAfter(f, func(_ any, err error) {
 			if err != nil {
-				t.logger.Warn("tenant: worker did not drain in time", "worker", pid.Id, "err", err)
+				t.logger.Warn("tenant: worker did not drain in time", "err", err)
 			}
 			remaining--
 			if remaining == 0 {

@@ -61,6 +61,7 @@ type worker struct {
 	logger   *slog.Logger
 
 	batch       []pending
+	unacked     []*delivery   // stored or dead-lettered, ack not sent yet
 	routed      *atomic.Int64 // deliveries routed here and not flushed; shared with the router
 	idleCheck   bool          // a flushIfIdle is in the mailbox
 	timer       *time.Timer
@@ -146,6 +147,7 @@ func (w *worker) flush() {
 	if len(msgs) > 0 {
 		w.store(msgs, index)
 	}
+	w.sendAcks()
 	w.routed.Add(-int64(len(w.batch)))
 	w.batch = w.batch[:0]
 }
@@ -298,16 +300,36 @@ func (w *worker) deadLetter(p *pending, reason, detail string) {
 	w.ack(p)
 }
 
+// ack marks p stored; sendAcks acks it with the rest of the batch, so a
+// batch settled in order costs one ack frame.
 func (w *worker) ack(p *pending) {
 	if p.settled {
 		return
 	}
 	p.settled = true
 	w.attempts.forget(p.d.Delivery)
-	if err := p.d.acks.ack(p.d.Delivery); err != nil {
-		// The channel is gone: the broker redelivers the message and the
-		// message_id check keeps it from being stored twice.
-		w.logger.Debug("worker: ack failed", "err", err, "message_id", p.d.MessageId)
+	w.unacked = append(w.unacked, p.d)
+}
+
+// sendAcks sends the acks collected by ack, grouped by consumer.
+func (w *worker) sendAcks() {
+	for len(w.unacked) > 0 {
+		acks := w.unacked[0].acks
+		group := make([]*amqp.Delivery, 0, len(w.unacked))
+		rest := w.unacked[:0]
+		for _, d := range w.unacked {
+			if d.acks == acks {
+				group = append(group, d.Delivery)
+			} else {
+				rest = append(rest, d)
+			}
+		}
+		w.unacked = rest
+		if err := acks.ack(group...); err != nil {
+			// The channel is gone: the broker redelivers these messages and
+			// the message_id check keeps them from being stored twice.
+			w.logger.Debug("worker: ack failed", "err", err, "count", len(group))
+		}
 	}
 }
 
@@ -327,6 +349,8 @@ func (w *worker) requeueBatch(why string) {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
+	w.sendAcks() // stored before the failure: ack them, do not requeue
+
 	n := 0
 	for i := range w.batch {
 		p := &w.batch[i]
