@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/go-messaging-system/messaging/internal/testenv"
 	"github.com/go-messaging-system/messaging/persistence"
 	"github.com/go-messaging-system/messaging/transport"
 )
@@ -218,24 +218,6 @@ func (f *fakeMessages) ListMessages(_ context.Context, tenantID string, after pe
 	return page, nil
 }
 
-// lockedBuffer is a goroutine-safe log sink.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type testEnv struct {
 	handler http.Handler
 	cfg     Config
@@ -243,7 +225,7 @@ type testEnv struct {
 	pub     *fakePublisher
 	msgs    *fakeMessages
 	reg     *prometheus.Registry
-	logs    *lockedBuffer
+	logs    *testenv.LockedBuffer
 	options []Option
 }
 
@@ -274,7 +256,7 @@ func setup(t *testing.T, opts ...setupOption) *testEnv {
 		pub:     &fakePublisher{},
 		msgs:    &fakeMessages{},
 		reg:     prometheus.NewRegistry(),
-		logs:    &lockedBuffer{},
+		logs:    &testenv.LockedBuffer{},
 	}
 	var checks []ReadinessCheck
 	for _, opt := range opts {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/stretchr/testify/require"
 
+	"github.com/go-messaging-system/messaging/internal/testenv"
 	"github.com/go-messaging-system/messaging/persistence"
 )
 
@@ -294,7 +295,7 @@ func TestRepeatedBackendErrorsAreRateLimited(t *testing.T) {
 
 func TestLogLimiterReportsSuppressed(t *testing.T) {
 	t.Parallel()
-	var buf lockedBuffer
+	var buf testenv.LockedBuffer
 	logger := slog.New(slog.NewJSONHandler(&buf, nil))
 	l := newLogLimiter()
 	for range 3 {

@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,24 +42,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lockedBuffer collects a process's output for failure messages.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is one test's server environment.
 type env struct {
 	databaseURL string
@@ -77,7 +57,7 @@ func newEnv(t *testing.T) *env {
 		databaseURL: testenv.NewDatabase(t),
 		rabbitURL:   testenv.RequireRabbitMQ(t),
 		secret:      []byte(testenv.RandomSuffix() + testenv.RandomSuffix() + testenv.RandomSuffix()),
-		addr:        freeAddr(t),
+		addr:        testenv.FreeAddr(t),
 	}
 	e.admin = e.token(t, api.Claims{Role: api.RoleAdmin})
 	return e
@@ -92,19 +72,10 @@ func (e *env) token(t *testing.T, c api.Claims) string {
 
 func (e *env) url(path string) string { return "http://" + e.addr + path }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
-}
-
 // server is a running server process.
 type server struct {
 	cmd    *exec.Cmd
-	output *lockedBuffer
+	output *testenv.LockedBuffer
 	done   chan error
 }
 
@@ -122,7 +93,7 @@ func (e *env) start(t *testing.T, extraEnv ...string) *server {
 		"LOG_FORMAT=text",
 	)
 	cmd.Env = append(cmd.Env, extraEnv...)
-	out := &lockedBuffer{}
+	out := &testenv.LockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	s := &server{cmd: cmd, output: out, done: make(chan error, 1)}

@@ -9,14 +9,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,25 +34,6 @@ const (
 	readyTimeout = 60 * time.Second
 )
 
-// lockedBuffer collects a process's output for failure messages and log
-// checks.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is one test's server environment: its own database, listen address
 // and JWT secret. A restarted server reuses all three.
 type env struct {
@@ -64,7 +43,7 @@ type env struct {
 	addr        string
 	admin       string
 	// output collects the log of every server process of the test.
-	output *lockedBuffer
+	output *testenv.LockedBuffer
 	// tenants are the ids createTenant made, whose queues are deleted when
 	// the test ends.
 	tenants []string
@@ -76,8 +55,8 @@ func newEnv(t *testing.T) *env {
 		databaseURL: testenv.NewDatabase(t),
 		rabbitURL:   testenv.RequireRabbitMQ(t),
 		secret:      []byte(testenv.RandomSuffix() + testenv.RandomSuffix() + testenv.RandomSuffix()),
-		addr:        freeAddr(t),
-		output:      &lockedBuffer{},
+		addr:        testenv.FreeAddr(t),
+		output:      &testenv.LockedBuffer{},
 	}
 	e.admin = e.token(t, api.Claims{Role: api.RoleAdmin})
 	// Registered before any server starts, so it runs after every server
@@ -113,15 +92,6 @@ func (e *env) token(t *testing.T, c api.Claims) string {
 }
 
 func (e *env) url(path string) string { return "http://" + e.addr + path }
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
-}
 
 // server is a running server process.
 type server struct {

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -52,24 +50,6 @@ func TestMain(m *testing.M) {
 // binary, trimmed to what these tests need. They are copied because the e2e
 // package is a test package that cannot be imported.
 
-// lockedBuffer collects a process's output for failure messages.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testServer is a running server process with its own database.
 type testServer struct {
 	url         string
@@ -89,7 +69,7 @@ func startServer(t *testing.T) *testServer {
 		secret:      "loadtest-" + testenv.RandomSuffix() + testenv.RandomSuffix() + testenv.RandomSuffix(),
 		done:        make(chan error, 1),
 	}
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	s.url = "http://" + addr
 	s.cmd = exec.Command(serverBinary)
 	s.cmd.Env = append(os.Environ(),
@@ -100,7 +80,7 @@ func startServer(t *testing.T) *testServer {
 		"SHUTDOWN_TIMEOUT=20s",
 		"LOG_FORMAT=text",
 	)
-	out := &lockedBuffer{}
+	out := &testenv.LockedBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = out, out
 	require.NoError(t, s.cmd.Start())
 	go func() { s.done <- s.cmd.Wait() }()
@@ -145,15 +125,6 @@ func (s *testServer) stop(t *testing.T) {
 		<-s.done
 		t.Fatal("server did not exit within 30s of SIGTERM")
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
 }
 
 func tail(s string, n int) string {
