@@ -272,8 +272,10 @@ func (t *tenant) onTerminated(c actor.Context, pid *actor.PID) {
 	t.recycle(c)
 }
 
-// openConsumer declares the tenant's queues (they may have been deleted from
-// outside) and starts consuming. On failure it retries with backoff.
+// openConsumer starts consuming. When that fails, for example because the
+// queues were deleted from outside or were never declared for a tenant
+// loaded at start, it declares them and tries once more. After a second
+// failure it retries with backoff.
 func (t *tenant) openConsumer(c actor.Context) {
 	ctx := t.deps.Context
 	reconnected := t.deps.Broker.Reconnected()
