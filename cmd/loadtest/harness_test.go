@@ -273,7 +273,10 @@ func TestBrokerBaselineForDuration(t *testing.T) {
 		"-tenant-prefix", "lt-broker-"+testenv.RandomSuffix())
 	require.Equal(t, 0, code)
 	require.Equal(t, "broker", rep.Mode)
-	require.InDelta(t, 300, rep.Published, 60, "300ms at 1000 messages per second")
+	// Only an upper bound: how many messages a loaded machine publishes in
+	// 300 ms varies, but the rate must never let through more than 300.
+	require.Positive(t, rep.Published)
+	require.LessOrEqual(t, rep.Published, 330, "300ms at 1000 messages per second")
 	requireExactlyOnce(t, rep, rep.Published, 2)
 }
 

