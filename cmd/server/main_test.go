@@ -153,3 +153,21 @@ func TestDebugServer(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(body), "goroutine profile")
 }
+
+func TestServeStopsCleanlyWhileWaitingForDatabase(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on port 1, so the server keeps retrying the database
+	// until the context, standing in for SIGTERM, ends.
+	vars := map[string]string{
+		"JWT_SECRET":   testSecret,
+		"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=1",
+		"HTTP_ADDR":    "127.0.0.1:0",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	var stderr bytes.Buffer
+	err := serve(ctx, nil, func(k string) string { return vars[k] }, &stderr)
+	require.NoError(t, err, "a stop requested during start is not a failure")
+	require.Contains(t, stderr.String(), "database not reachable; retrying")
+	require.Contains(t, stderr.String(), "stopped before it was ready")
+}

@@ -86,7 +86,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 
 	store, err := openStore(ctx, cfg, logger)
 	if err != nil {
-		return err
+		return stoppedWhileStarting(ctx, logger, err)
 	}
 	defer store.Close()
 
@@ -94,7 +94,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	m := metrics.New(reg)
 	broker, err := dialBroker(ctx, cfg, logger, m)
 	if err != nil {
-		return err
+		return stoppedWhileStarting(ctx, logger, err)
 	}
 	defer broker.Close()
 
@@ -211,6 +211,17 @@ func dialBroker(ctx context.Context, cfg config.Config, logger *slog.Logger, m *
 	}
 	m.BrokerConnected.Set(1)
 	return broker, nil
+}
+
+// stoppedWhileStarting returns nil when err came from a SIGTERM or SIGINT
+// that arrived while the server waited for its database or broker: that is
+// a requested stop, not a failure.
+func stoppedWhileStarting(ctx context.Context, logger *slog.Logger, err error) error {
+	if ctx.Err() == nil {
+		return err
+	}
+	logger.Info("server: stopped before it was ready", "reason", context.Cause(ctx), "last_err", err)
+	return nil
 }
 
 // retryStart calls connect until it succeeds or ctx ends, so the server can
