@@ -248,20 +248,7 @@ func replayPublishing(d amqp.Delivery) amqp.Publishing {
 		brokerDeathHeaders...) {
 		delete(headers, h)
 	}
-	return amqp.Publishing{
-		Headers:         headers,
-		ContentType:     d.ContentType,
-		ContentEncoding: d.ContentEncoding,
-		DeliveryMode:    amqp.Persistent,
-		Priority:        d.Priority,
-		CorrelationId:   d.CorrelationId,
-		ReplyTo:         d.ReplyTo,
-		MessageId:       d.MessageId,
-		Timestamp:       d.Timestamp,
-		Type:            d.Type,
-		AppId:           d.AppId,
-		Body:            d.Body,
-	}
+	return republishing(d, headers)
 }
 
 // getError explains a failed basic.get on queue.

@@ -122,6 +122,13 @@ func deadLetterPublishing(d amqp.Delivery, reason, detail string, attempts int) 
 		return amqp.Publishing{}, fmt.Errorf("dead-letter headers: %w", err)
 	}
 
+	return republishing(d, headers), nil
+}
+
+// republishing returns a persistent copy of delivery d with the given
+// headers: its body and properties except user_id and expiration (see
+// DeadLetter).
+func republishing(d amqp.Delivery, headers amqp.Table) amqp.Publishing {
 	return amqp.Publishing{
 		Headers:         headers,
 		ContentType:     d.ContentType,
@@ -135,7 +142,7 @@ func deadLetterPublishing(d amqp.Delivery, reason, detail string, attempts int) 
 		Type:            d.Type,
 		AppId:           d.AppId,
 		Body:            d.Body,
-	}, nil
+	}
 }
 
 // truncateUTF8 returns s as valid UTF-8 of at most n bytes.
