@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -25,20 +24,14 @@ import (
 var serverBinary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "messaging-e2e-")
+	binary, remove, err := testenv.BuildServer()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "create temp dir:", err)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	serverBinary = filepath.Join(dir, "server")
-	build := exec.Command("go", "build", "-o", serverBinary, "../cmd/server")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build server:", err)
-		os.Exit(1)
-	}
+	serverBinary = binary
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }
 

@@ -17,11 +17,11 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/go-messaging-system/messaging/internal/testenv"
 )
 
 // serverBinary is the server built once by TestMain.
@@ -32,20 +32,14 @@ var serverBinary string
 var httpClient = &http.Client{Timeout: requestTimeout}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "messaging-faults-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "create temp dir:", err)
-		os.Exit(1)
-	}
-	serverBinary = filepath.Join(dir, "server")
 	// The faultinject tag adds the hook that crashes a worker on a marked
 	// message (actors/faultinject.go); release builds do not have it.
-	build := exec.Command("go", "build", "-tags", "faultinject", "-o", serverBinary, "../cmd/server")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build server:", err)
+	binary, remove, err := testenv.BuildServer("faultinject")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	serverBinary = binary
 
 	code := m.Run()
 	httpClient.CloseIdleConnections()
@@ -55,6 +49,6 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,20 +22,14 @@ import (
 var serverBinary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "messaging-loadtest-")
+	binary, remove, err := testenv.BuildServer()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "create temp dir:", err)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	serverBinary = filepath.Join(dir, "server")
-	build := exec.Command("go", "build", "-o", serverBinary, "../server")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build server:", err)
-		os.Exit(1)
-	}
+	serverBinary = binary
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)

@@ -2,7 +2,12 @@ package testenv
 
 import (
 	"bytes"
+	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -40,4 +45,27 @@ func FreeAddr(t testing.TB) string {
 		t.Fatalf("find a free port: %v", err)
 	}
 	return addr
+}
+
+// BuildServer builds the server command, with the given build tags, into a
+// new temporary directory. It returns the binary's path and a function
+// that removes the directory. TestMain functions call it once per package.
+func BuildServer(tags ...string) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "messaging-server-")
+	if err != nil {
+		return "", nil, fmt.Errorf("create temp dir: %w", err)
+	}
+	remove := func() { os.RemoveAll(dir) }
+	binary := filepath.Join(dir, "server")
+	args := []string{"build", "-o", binary}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	build := exec.Command("go", append(args, "github.com/go-messaging-system/messaging/cmd/server")...)
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		remove()
+		return "", nil, fmt.Errorf("build server: %w", err)
+	}
+	return binary, remove, nil
 }
