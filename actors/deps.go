@@ -16,7 +16,7 @@ import (
 	"github.com/go-messaging-system/messaging/transport"
 )
 
-// Broker is what the actors need from the RabbitMQ transport.
+// Broker is the part of the RabbitMQ transport that the actors use.
 type Broker interface {
 	Consume(ctx context.Context, tenantID string, prefetch int) (*transport.Consumer, error)
 	DeclareTenant(ctx context.Context, tenantID string) error
@@ -26,7 +26,7 @@ type Broker interface {
 	DeadLetter(ctx context.Context, tenantID string, d amqp.Delivery, reason, detail string, attempts int) error
 }
 
-// Store is what the workers need from the database.
+// Store is the part of the database that the workers use.
 type Store interface {
 	InsertBatch(ctx context.Context, tenantID string, msgs []persistence.Message) ([]persistence.Result, error)
 }

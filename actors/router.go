@@ -12,7 +12,7 @@ import (
 // It keeps sending to the same worker until that worker holds a full batch
 // of unflushed deliveries, and only then moves to the least loaded one.
 // Spreading deliveries round robin would split what one worker could store
-// in one transaction into several smaller ones; on a busy machine the extra
+// in one transaction into several smaller ones. On a busy machine the extra
 // commits cost more than the parallelism gains. Under light load one worker
 // takes everything and flushes as soon as its mailbox drains.
 //

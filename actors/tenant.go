@@ -12,11 +12,11 @@ import (
 	"github.com/go-messaging-system/messaging/transport"
 )
 
-// Requests a tenant actor answers.
+// Requests a tenant actor handles.
 type (
 	// Resize sets the number of workers; the response is *Status.
 	Resize struct{ WorkerCount int }
-	// GetStatus asks for the tenant's *Status.
+	// GetStatus requests the tenant's *Status.
 	GetStatus struct{}
 	// Stop cancels the consumer, lets every worker flush and ack, and closes
 	// the channel; the response is *Stopped. Afterwards the actor can be
@@ -31,7 +31,7 @@ type Status struct {
 	ConsumerRunning bool
 }
 
-// Stopped answers Stop.
+// Stopped is the response to Stop.
 type Stopped struct{}
 
 // Messages a tenant actor sends itself.
@@ -65,7 +65,7 @@ type phase int
 const (
 	running   phase = iota // consuming, or waiting to retry the consumer
 	recycling              // replacing the consumer: cancel, drain, close, open
-	stopping               // answering Stop: cancel, drain, close
+	stopping               // handling Stop: cancel, drain, close
 )
 
 // tenant is the tenant actor: it owns the consumer of the tenant's queue and
@@ -217,7 +217,7 @@ func (t *tenant) spawnWorker(c actor.Context) {
 	t.router.add(pid, pending)
 }
 
-// reportLifecycle tells the tenant when a worker (re)starts or fails, so
+// reportLifecycle notifies the tenant when a worker (re)starts or fails, so
 // workers_running counts only workers that can take deliveries.
 func reportLifecycle(next actor.ReceiverFunc) actor.ReceiverFunc {
 	return func(c actor.ReceiverContext, env *actor.MessageEnvelope) {
@@ -319,7 +319,7 @@ func retryAfter(ctx context.Context, wait time.Duration, reconnected <-chan stru
 }
 
 // forward routes every delivery of cons to a worker until the consumer ends,
-// then tells the tenant actor.
+// then notifies the tenant actor.
 func forward(cons *transport.Consumer, r *router, root *actor.RootContext, tenant *actor.PID) {
 	acks := newAcker()
 	for d := range cons.Deliveries() {
@@ -378,7 +378,7 @@ func (t *tenant) stop(c actor.Context) {
 	// Otherwise a recycle is cancelling the consumer; it ends in stopping.
 }
 
-// cancelConsumer asks the broker to stop sending. The forward goroutine
+// cancelConsumer sends basic.cancel, so the broker stops sending. The forward goroutine
 // sends consumerEnded once the deliveries already sent have been routed.
 func (t *tenant) cancelConsumer() {
 	if err := t.consumer.Cancel(); err != nil {
@@ -397,9 +397,9 @@ func (t *tenant) closeConsumer() {
 	t.consumer = nil
 }
 
-// drainWorkers asks every routed worker to flush and settle what it holds,
+// drainWorkers requests every routed worker to flush and settle what it holds,
 // waits for the drains of retiring workers too, and runs then once all
-// have answered or timed out. Mailboxes are FIFO, so a worker answers only
+// have responded or timed out. Mailboxes are FIFO, so a worker responds only
 // after every delivery routed to it before the drain request. Retiring
 // workers count because acks are coalesced over runs of tags: one
 // unsettled delivery of theirs would hold back the acks of everything

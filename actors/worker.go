@@ -40,7 +40,7 @@ type (
 	flushDeadline struct{ gen uint64 }
 )
 
-// drainRequest asks a worker to flush and settle everything it has received
+// drainRequest requests a worker to flush and settle everything it has received
 // so far; it responds with drained. Deliveries routed to it afterwards are
 // handled as usual.
 type drainRequest struct{}

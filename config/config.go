@@ -91,7 +91,7 @@ type Config struct {
 	// Dev creates and keeps a random local JWT secret when JWTSecret is
 	// empty. Never enable it in production.
 	Dev bool
-	// DevSecretFile is where Dev keeps its secret, default
+	// DevSecretFile is the file in which Dev keeps its secret, default
 	// $XDG_CONFIG_HOME/messaging-server/dev-jwt-secret.
 	DevSecretFile string
 }

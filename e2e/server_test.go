@@ -72,7 +72,7 @@ type server struct {
 	done   chan error
 }
 
-// start runs the server binary and waits until /ready answers 200.
+// start runs the server binary and waits until /ready returns 200.
 func (e *env) start(t *testing.T, extraEnv ...string) *server {
 	t.Helper()
 	cmd := exec.Command(serverBinary)

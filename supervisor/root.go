@@ -12,7 +12,7 @@ import (
 	"github.com/go-messaging-system/messaging/persistence"
 )
 
-// Requests to the root actor. Each is answered with a *reply.
+// Requests to the root actor. The response to each is a *reply.
 type (
 	loadRequest   struct{}
 	createRequest struct{ tenant persistence.Tenant }

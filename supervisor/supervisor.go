@@ -1,7 +1,7 @@
 // Package supervisor runs the root actor, which spawns one tenant actor per
 // row of the tenants table and keeps that set in step with the table. Tenant
-// creation, resizing and deletion are requests to the root actor, answered
-// once they are done.
+// creation, resizing and deletion are requests to the root actor, which
+// responds once they are done.
 package supervisor
 
 import (
@@ -22,7 +22,7 @@ import (
 // ErrStopped is returned by requests made after Shutdown.
 var ErrStopped = errors.New("supervisor stopped")
 
-// Store is what the supervisor needs from the database.
+// Store is the part of the database that the supervisor uses.
 type Store interface {
 	CreateTenant(ctx context.Context, t persistence.Tenant) (persistence.Tenant, error)
 	GetTenant(ctx context.Context, id string) (persistence.Tenant, error)
@@ -31,7 +31,7 @@ type Store interface {
 	DeleteTenant(ctx context.Context, id string) error
 }
 
-// Broker is what the supervisor needs from RabbitMQ.
+// Broker is the part of the RabbitMQ transport that the supervisor uses.
 type Broker interface {
 	DeclareTenant(ctx context.Context, tenantID string) error
 	DeleteTenant(ctx context.Context, tenantID string) error

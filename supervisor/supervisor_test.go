@@ -40,7 +40,7 @@ type fixture struct {
 	created []string
 }
 
-// setup gives each test its own database, so the supervisor sees only the
+// setup gives each test its own database, so the supervisor loads only the
 // test's tenants.
 func setup(t *testing.T) *fixture {
 	t.Helper()

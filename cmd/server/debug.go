@@ -26,8 +26,8 @@ func startDebugServer(addr string, logger *slog.Logger) (*http.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	// No WriteTimeout: a CPU profile or trace streams for as long as its
-	// seconds parameter asks.
+	// No WriteTimeout, because a CPU profile or trace streams for as long
+	// as its seconds parameter sets.
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
