@@ -32,6 +32,10 @@ type Config struct {
 	// by every worker of every tenant; it overrides pool_max_conns in
 	// DatabaseURL. Default 16.
 	DatabaseMaxConns int
+	// GroupCommit is how many batch transactions may run at once when
+	// batches of different tenants share transactions; 0 gives every batch
+	// a transaction of its own. Default 2.
+	GroupCommit int
 	// RabbitMQURL is the AMQP 0-9-1 broker URL.
 	RabbitMQURL string
 	// HTTPAddr is the listen address of the HTTP API, default ":8080".
@@ -102,6 +106,7 @@ func Default() Config {
 	return Config{
 		DatabaseURL:        "postgres://postgres:postgres@localhost:5432/messaging?sslmode=disable",
 		DatabaseMaxConns:   16,
+		GroupCommit:        2,
 		RabbitMQURL:        "amqp://guest:guest@localhost:5672/",
 		HTTPAddr:           ":8080",
 		DefaultWorkerCount: 3,
@@ -128,6 +133,7 @@ func settings() []setting {
 	return []setting{
 		{"database_url", "DATABASE_URL", "PostgreSQL connection URL", setString(func(c *Config) *string { return &c.DatabaseURL })},
 		{"database_max_conns", "DATABASE_MAX_CONNS", "PostgreSQL connection pool size", setInt(func(c *Config) *int { return &c.DatabaseMaxConns })},
+		{"group_commit", "GROUP_COMMIT", "batch transactions at once when tenants share them (0 = a transaction per batch)", setInt(func(c *Config) *int { return &c.GroupCommit })},
 		{"rabbitmq_url", "RABBITMQ_URL", "RabbitMQ AMQP URL", setString(func(c *Config) *string { return &c.RabbitMQURL })},
 		{"http_addr", "HTTP_ADDR", "HTTP listen address", setString(func(c *Config) *string { return &c.HTTPAddr })},
 		{"jwt_secret", "JWT_SECRET", "HS256 secret for API tokens (at least 32 bytes)", setString(func(c *Config) *string { return &c.JWTSecret })},
@@ -329,6 +335,8 @@ func (c *Config) Validate() error {
 	check(c.DatabaseURL != "", "DATABASE_URL is empty: set it to a postgres:// URL")
 	check(c.DatabaseMaxConns >= 1 && c.DatabaseMaxConns <= 1000,
 		"DATABASE_MAX_CONNS is %d: it must be between 1 and 1000", c.DatabaseMaxConns)
+	check(c.GroupCommit >= 0 && c.GroupCommit <= c.DatabaseMaxConns,
+		"GROUP_COMMIT is %d: it must be between 0 and DATABASE_MAX_CONNS (%d)", c.GroupCommit, c.DatabaseMaxConns)
 	check(c.RabbitMQURL != "", "RABBITMQ_URL is empty: set it to an amqp:// URL")
 	check(c.HTTPAddr != "", "HTTP_ADDR is empty: set it to a listen address such as :8080")
 	check(c.MaxWorkerCount >= 1 && c.MaxWorkerCount <= 1024,

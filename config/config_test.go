@@ -85,6 +85,8 @@ func TestLoadRejectsInvalidValues(t *testing.T) {
 		"non-numeric batch":   {env: map[string]string{"JWT_SECRET": secret, "BATCH_SIZE": "ten"}, want: "BATCH_SIZE"},
 		"zero batch":          {env: map[string]string{"JWT_SECRET": secret, "BATCH_SIZE": "0"}, want: "BATCH_SIZE is 0"},
 		"bad duration":        {env: map[string]string{"JWT_SECRET": secret, "SHUTDOWN_TIMEOUT": "30"}, want: "SHUTDOWN_TIMEOUT"},
+		"negative group":      {env: map[string]string{"JWT_SECRET": secret, "GROUP_COMMIT": "-1"}, want: "GROUP_COMMIT is -1"},
+		"group above pool":    {env: map[string]string{"JWT_SECRET": secret, "GROUP_COMMIT": "5", "DATABASE_MAX_CONNS": "4"}, want: "GROUP_COMMIT is 5"},
 		"default above max":   {env: map[string]string{"JWT_SECRET": secret, "DEFAULT_WORKER_COUNT": "65"}, want: "DEFAULT_WORKER_COUNT"},
 		"unknown level":       {env: map[string]string{"JWT_SECRET": secret, "LOG_LEVEL": "loud"}, want: "LOG_LEVEL"},
 		"unknown format":      {env: map[string]string{"JWT_SECRET": secret, "LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
@@ -176,7 +178,7 @@ func TestUsageListsEveryVariable(t *testing.T) {
 	t.Parallel()
 	u := config.Usage()
 	for _, v := range []string{"DATABASE_URL", "RABBITMQ_URL", "HTTP_ADDR", "JWT_SECRET", "DEFAULT_WORKER_COUNT",
-		"MAX_WORKER_COUNT", "BATCH_SIZE", "BATCH_TIMEOUT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL", "LOG_FORMAT"} {
+		"MAX_WORKER_COUNT", "BATCH_SIZE", "BATCH_TIMEOUT", "GROUP_COMMIT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL", "LOG_FORMAT"} {
 		require.True(t, strings.Contains(u, v), "usage lacks %s", v)
 	}
 }

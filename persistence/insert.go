@@ -139,15 +139,28 @@ func (p *Postgres) InsertBatch(ctx context.Context, tenantID string, msgs []Mess
 		return results, nil
 	}
 
-	err := insertRows(ctx, p.pool, tenantID, b, 0, len(b.ids))
-	if isRowError(err) && ctx.Err() == nil {
-		err = p.insertIsolated(ctx, tenantID, b, err)
+	var err error
+	if p.group != nil {
+		err = p.group.insert(ctx, tenantID, b)
+	} else {
+		err = p.insertAlone(ctx, tenantID, b)
 	}
 	if err != nil {
 		return nil, batchError(ctx, tenantID, err)
 	}
 	b.fill(results)
 	return results, nil
+}
+
+// insertAlone stores b in a transaction of its own: one statement, and
+// when that fails because of the data in some rows, a transaction with
+// savepoints that finds and rejects them.
+func (p *Postgres) insertAlone(ctx context.Context, tenantID string, b *batch) error {
+	err := insertRows(ctx, p.pool, tenantID, b, 0, len(b.ids))
+	if isRowError(err) && ctx.Err() == nil {
+		err = p.insertIsolated(ctx, tenantID, b, err)
+	}
+	return err
 }
 
 // insertRows inserts rows lo..hi of b with one statement and records which
@@ -157,8 +170,13 @@ func insertRows(ctx context.Context, q querier, tenantID string, b *batch, lo, h
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
+	return b.readOutcomes(rows, lo, hi)
+}
 
+// readOutcomes records which of rows lo..hi the insert that returned rows
+// stored, and closes rows.
+func (b *batch) readOutcomes(rows pgx.Rows, lo, hi int) error {
+	defer rows.Close()
 	for r := lo; r < hi; r++ {
 		b.outcome[r] = Result{Outcome: Duplicate}
 	}

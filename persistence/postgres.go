@@ -23,25 +23,40 @@ import (
 type Postgres struct {
 	pool   *pgxpool.Pool
 	logger *slog.Logger
+	group  *committer // nil when batches are not grouped
 }
 
 var _ Store = (*Postgres)(nil)
 
-// Option changes the pool configuration that Open parsed from the URL.
-type Option func(*pgxpool.Config)
+// Option changes how Open sets up the store.
+type Option func(*settings)
+
+type settings struct {
+	pool        *pgxpool.Config
+	groupCommit int
+}
 
 // WithMaxConns sets the maximum number of pooled connections. The default
 // is pool_max_conns from the URL, or else pgxpool's default, the larger of
 // 4 and runtime.NumCPU().
 func WithMaxConns(n int32) Option {
-	return func(c *pgxpool.Config) { c.MaxConns = n }
+	return func(s *settings) { s.pool.MaxConns = n }
 }
 
 // WithPoolConfig calls fn with the parsed pool configuration before the
 // pool is created, for settings without an option of their own such as a
 // tracer or connection lifetimes.
 func WithPoolConfig(fn func(*pgxpool.Config)) Option {
-	return func(c *pgxpool.Config) { fn(c) }
+	return func(s *settings) { fn(s.pool) }
+}
+
+// WithGroupCommit makes InsertBatch share transactions: at most n batch
+// transactions run at once, and batches of any tenants that arrive while
+// they run are stored together in the next one, each with its own
+// statement. Under load that turns many small commits into a few larger
+// ones. n of 0, the default, runs every batch in its own transaction.
+func WithGroupCommit(n int) Option {
+	return func(s *settings) { s.groupCommit = n }
 }
 
 // Open connects to databaseURL and pings the database. When the database
@@ -59,8 +74,9 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("parsing database url: %w", err)
 	}
 	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnContextDone
+	set := settings{pool: cfg}
 	for _, opt := range opts {
-		opt(cfg)
+		opt(&set)
 	}
 
 	pool, err := connect(ctx, cfg)
@@ -73,7 +89,11 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	return &Postgres{pool: pool, logger: logger}, nil
+	p := &Postgres{pool: pool, logger: logger}
+	if set.groupCommit > 0 {
+		p.group = newCommitter(p, set.groupCommit)
+	}
+	return p, nil
 }
 
 // cancelGrace is how long a connection waits for the server to end a
@@ -203,6 +223,9 @@ func (p *Postgres) Ping(ctx context.Context) error {
 // Close closes every pooled connection, waiting for those in use to be
 // released. Calling it again does nothing.
 func (p *Postgres) Close() {
+	if p.group != nil {
+		p.group.close()
+	}
 	p.pool.Close()
 }
 

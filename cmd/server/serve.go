@@ -181,7 +181,8 @@ func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger) (*pe
 	err := retryStart(ctx, logger, "database", func() error {
 		var err error
 		store, err = persistence.Open(ctx, cfg.DatabaseURL, logger,
-			persistence.WithMaxConns(int32(cfg.DatabaseMaxConns)))
+			persistence.WithMaxConns(int32(cfg.DatabaseMaxConns)),
+			persistence.WithGroupCommit(cfg.GroupCommit))
 		return err
 	})
 	if err != nil {

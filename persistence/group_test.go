@@ -1,0 +1,257 @@
+package persistence
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// insertCall is the outcome of an InsertBatch run in the background.
+type insertCall struct {
+	results []Result
+	err     error
+}
+
+// startInsert runs InsertBatch in a goroutine and returns the channel
+// that receives its outcome.
+func startInsert(ctx context.Context, store *Postgres, tenantID string, msgs []Message) <-chan insertCall {
+	done := make(chan insertCall, 1)
+	go func() {
+		results, err := store.InsertBatch(ctx, tenantID, msgs)
+		done <- insertCall{results, err}
+	}()
+	return done
+}
+
+// await returns the outcome of a started insert, failing the test after
+// 15 seconds.
+func await(t *testing.T, done <-chan insertCall) insertCall {
+	t.Helper()
+	select {
+	case c := <-done:
+		return c
+	case <-time.After(15 * time.Second):
+		t.Fatal("InsertBatch did not return within 15s")
+		return insertCall{}
+	}
+}
+
+// holdCommitter makes the only committer of a store opened with
+// WithGroupCommit(1) wait: it starts an insert into a new tenant that
+// waits for another transaction's lock. The returned function lets it go
+// on and returns that insert's outcome.
+func holdCommitter(t *testing.T, store *Postgres) (release func() insertCall) {
+	t.Helper()
+	holder := createTenant(t, store, "holder")
+	unblock := blockInsert(t, store, holder.ID)
+	done := startInsert(testContext(t), store, holder.ID, []Message{{MessageID: "blocker", Payload: []byte(`{}`)}})
+	waitingInsertPID(t, store)
+	return func() insertCall {
+		unblock()
+		return await(t, done)
+	}
+}
+
+// waitQueued waits until n requests wait for a shared transaction.
+func waitQueued(t *testing.T, store *Postgres, n int) {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("%d queued batches", n), func() bool {
+		return len(store.group.requests) == n
+	})
+}
+
+func TestGroupCommitSharesOneTransaction(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	ctx := testContext(t)
+	release := holdCommitter(t, store)
+
+	tenants := make([]Tenant, 4)
+	calls := make([]<-chan insertCall, len(tenants))
+	for i := range tenants {
+		tenants[i] = createTenant(t, store, fmt.Sprintf("shared%d", i))
+		calls[i] = startInsert(ctx, store, tenants[i].ID, messages("m", 5+i))
+	}
+	waitQueued(t, store, len(tenants))
+	require.NoError(t, release().err)
+
+	var txID uint64
+	for i, tenant := range tenants {
+		c := await(t, calls[i])
+		require.NoError(t, c.err, "tenant %d", i)
+		require.Equal(t, repeat(Inserted, 5+i), outcomes(c.results), "tenant %d", i)
+		stored := listVisible(t, store, tenant.ID, 100, 5+i)
+		for _, m := range stored {
+			if txID == 0 {
+				txID = m.Position.TxID
+			}
+			require.Equal(t, txID, m.Position.TxID, "tenant %d was stored in a transaction of its own", i)
+		}
+	}
+}
+
+func TestGroupCommitIsolatesFailingBatches(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	ctx := testContext(t)
+	good := createTenant(t, store, "good")
+	bad := createTenant(t, store, "bad")
+	deleted := createTenant(t, store, "deleted")
+	require.NoError(t, store.DeleteTenant(ctx, deleted.ID))
+	other := createTenant(t, store, "other")
+	release := holdCommitter(t, store)
+
+	badMsgs := messages("row", 5)
+	badMsgs[2].Payload = nulPayload
+	goodCall := startInsert(ctx, store, good.ID, messages("m", 4))
+	badCall := startInsert(ctx, store, bad.ID, badMsgs)
+	deletedCall := startInsert(ctx, store, deleted.ID, messages("m", 3))
+	otherCall := startInsert(ctx, store, other.ID, messages("m", 6))
+	waitQueued(t, store, 4)
+	require.NoError(t, release().err)
+
+	c := await(t, goodCall)
+	require.NoError(t, c.err)
+	require.Equal(t, repeat(Inserted, 4), outcomes(c.results))
+
+	c = await(t, badCall)
+	require.NoError(t, c.err)
+	require.Equal(t, []Outcome{Inserted, Inserted, Rejected, Inserted, Inserted}, outcomes(c.results))
+
+	c = await(t, deletedCall)
+	require.ErrorIs(t, c.err, ErrTenantNotFound)
+	require.Nil(t, c.results)
+
+	c = await(t, otherCall)
+	require.NoError(t, c.err)
+	require.Equal(t, repeat(Inserted, 6), outcomes(c.results))
+
+	for tenantID, want := range map[string]int64{good.ID: 4, bad.ID: 4, other.ID: 6} {
+		n, err := store.CountMessages(ctx, tenantID)
+		require.NoError(t, err)
+		require.Equal(t, want, n, "tenant %s", tenantID)
+	}
+}
+
+func TestGroupCommitCancelledWhileQueued(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	release := holdCommitter(t, store)
+
+	cancelled := createTenant(t, store, "cancelled")
+	live := createTenant(t, store, "live")
+	ctx, cancel := context.WithCancel(testContext(t))
+	cancelledCall := startInsert(ctx, store, cancelled.ID, messages("m", 3))
+	liveCall := startInsert(testContext(t), store, live.ID, messages("m", 3))
+	waitQueued(t, store, 2)
+
+	cancel()
+	c := await(t, cancelledCall) // returns while the committer still waits
+	require.ErrorIs(t, c.err, context.Canceled)
+	require.False(t, IsRetryable(c.err))
+
+	require.NoError(t, release().err)
+	c = await(t, liveCall)
+	require.NoError(t, c.err)
+	require.Equal(t, repeat(Inserted, 3), outcomes(c.results))
+	n, err := store.CountMessages(testContext(t), cancelled.ID)
+	require.NoError(t, err)
+	require.Zero(t, n, "the cancelled batch was stored")
+}
+
+func TestGroupCommitCloseRunsQueuedBatches(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	release := holdCommitter(t, store)
+	tenant := createTenant(t, store, "queued")
+	ctx := testContext(t)
+	call := startInsert(ctx, store, tenant.ID, messages("m", 3))
+	waitQueued(t, store, 1)
+
+	closed := make(chan struct{})
+	go func() {
+		store.group.close()
+		close(closed)
+	}()
+	require.NoError(t, release().err)
+	c := await(t, call)
+	require.NoError(t, c.err)
+	require.Equal(t, repeat(Inserted, 3), outcomes(c.results))
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("close did not return after the queued batch was stored")
+	}
+
+	// After close, batches run on their own.
+	results, err := store.InsertBatch(ctx, tenant.ID, messages("late", 2))
+	require.NoError(t, err)
+	require.Equal(t, repeat(Inserted, 2), outcomes(results))
+}
+
+// TestGroupCommitConcurrentOverlappingBatches sends every message id of
+// every tenant several times from several goroutines at once: each must be
+// reported Inserted exactly once and stored once.
+func TestGroupCommitConcurrentOverlappingBatches(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(2), WithMaxConns(4))
+	ctx := testContext(t)
+
+	const tenantCount, senders, ids, batch = 6, 4, 300, 25
+	tenants := make([]Tenant, tenantCount)
+	for i := range tenants {
+		tenants[i] = createTenant(t, store, fmt.Sprintf("overlap%d", i))
+	}
+	var (
+		mu       sync.Mutex
+		inserted = make(map[string]int)
+		wg       sync.WaitGroup
+		errs     = make(chan error, tenantCount*senders)
+	)
+	for _, tenant := range tenants {
+		all := messages("m", ids)
+		for s := range senders {
+			wg.Go(func() {
+				// Each sender walks the ids from a different start, so
+				// batches of different senders overlap.
+				for start := 0; start < ids; start += batch {
+					lo := (start + s*batch*3) % ids
+					msgs := all[lo:min(lo+batch, ids)]
+					results, err := insertWithRetry(ctx, store, tenant.ID, msgs)
+					if err != nil {
+						errs <- err
+						return
+					}
+					mu.Lock()
+					for i, r := range results {
+						if r.Outcome == Inserted {
+							inserted[tenant.ID+"/"+msgs[i].MessageID]++
+						}
+					}
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+
+	for _, tenant := range tenants {
+		n, err := store.CountMessages(ctx, tenant.ID)
+		require.NoError(t, err)
+		require.EqualValues(t, ids, n, "tenant %s", tenant.ID)
+	}
+	require.Len(t, inserted, tenantCount*ids)
+	for key, n := range inserted {
+		if n != 1 {
+			t.Fatalf("%s was reported inserted %d times", key, n)
+		}
+	}
+}
