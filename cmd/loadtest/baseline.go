@@ -50,9 +50,14 @@ func runBaseline(ctx context.Context, c *Config, env *runEnv) (*Report, error) {
 	consumeCtx, stopConsumers := context.WithCancel(ctx)
 	defer b.wg.Wait()
 	defer stopConsumers()
-	src, err := b.start(consumeCtx, env)
-	if err != nil {
-		return nil, err
+	var (
+		src rowSource
+		err error
+	)
+	if !c.Backlog {
+		if src, err = b.start(consumeCtx, env); err != nil {
+			return nil, err
+		}
 	}
 
 	led := newLedger(c.Tenants)
@@ -66,6 +71,13 @@ func runBaseline(ctx context.Context, c *Config, env *runEnv) (*Report, error) {
 	closePubs()
 
 	w := window{publishStart: res.started, publishEnd: res.finished, storeStart: res.started}
+	if c.Backlog {
+		// The drain starts when the consumers do.
+		w.storeStart = time.Now()
+		if src, err = b.start(consumeCtx, env); err != nil {
+			return nil, errors.Join(res.err, err)
+		}
+	}
 	verr := waitAndVerify(ctx, c, src, led, rep, w, env, b.lost)
 	return rep, errors.Join(res.err, verr)
 }

@@ -64,6 +64,7 @@ type Config struct {
 	Timeout      time.Duration // maximum wait for every message to be stored
 	TenantPrefix string        // tenant ids are <prefix>-<index>
 	Phase        string        // phaseAll, phaseSetup, phasePublish or phaseVerify
+	Backlog      bool          // baselines: publish everything before the consumers start
 	CPUProfile   string        // write a CPU profile of the harness to this file
 }
 
@@ -126,6 +127,8 @@ func newFlagSet(c *Config, getenv func(string) string, output io.Writer) *flag.F
 	fs.DurationVar(&c.Timeout, "timeout", 2*time.Minute, "maximum wait, after publishing, for every message to be stored")
 	fs.StringVar(&c.TenantPrefix, "tenant-prefix", "", "tenant ids are `PREFIX`-0, PREFIX-1, ... (default lt-<random>)")
 	fs.StringVar(&c.Phase, "phase", phaseAll, "all, or one step: setup (create tenants), publish (to existing tenants), verify (wait, check, delete)")
+	fs.BoolVar(&c.Backlog, "backlog", false,
+		"baselines: publish every message before the consumers start, so stored_per_second is the drain rate of a backlog")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (harness and baseline consumers) to `FILE`")
 	return fs
 }
@@ -226,6 +229,9 @@ func (c *Config) validateMode() error {
 
 	switch c.Baseline {
 	case baselineNone:
+		if c.Backlog {
+			return errors.New("-backlog is for baselines: against the server, publish with -phase publish while it is stopped")
+		}
 		return nil
 	case baselineNaive, baselineBatch:
 		if c.DatabaseURL == "" {
@@ -240,6 +246,8 @@ func (c *Config) validateMode() error {
 		return fmt.Errorf("-baseline %s publishes over AMQP: drop -via %s", c.Baseline, c.Via)
 	case c.Phase != phaseAll:
 		return fmt.Errorf("-baseline %s runs all phases in one process: drop -phase", c.Baseline)
+	case c.Backlog && c.Messages == 0:
+		return errors.New("-backlog needs -messages: a backlog of a duration has no end to drain")
 	case c.BatchSize < 1 || c.BatchSize > 10000:
 		return fmt.Errorf("invalid -batch-size %d: must be between 1 and 10000", c.BatchSize)
 	case c.BatchTimeout <= 0:

@@ -77,6 +77,8 @@ func TestConfigRejectsInvalidFlags(t *testing.T) {
 		{"batch baseline without database", []string{"-messages", "10", "-baseline", "batch"}, "needs -database-url"},
 		{"baseline over http", []string{"-messages", "10", "-baseline", "broker", "-via", "http"}, "publishes over AMQP"},
 		{"baseline batch size", []string{"-messages", "10", "-baseline", "broker", "-batch-size", "0"}, "invalid -batch-size"},
+		{"backlog against the server", []string{"-messages", "10", "-backlog"}, "-backlog is for baselines"},
+		{"backlog for a duration", []string{"-duration", "1s", "-baseline", "broker", "-backlog"}, "-backlog needs -messages"},
 		{"unknown phase", []string{"-messages", "10", "-phase", "later"}, "invalid -phase"},
 		{"verify without prefix", []string{"-messages", "10", "-phase", "verify"}, "needs the -tenant-prefix"},
 		{"publish for a duration", []string{"-duration", "1s", "-phase", "publish", "-tenant-prefix", "x"}, "needs -messages"},

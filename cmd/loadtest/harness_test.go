@@ -273,6 +273,21 @@ func TestBrokerBaselineForDuration(t *testing.T) {
 	requireExactlyOnce(t, rep, rep.Published, 2)
 }
 
+func TestBrokerBaselineDrainsBacklog(t *testing.T) {
+	t.Parallel()
+	code, rep := runHarness(t, "-baseline", "broker", "-backlog", "-messages", "400", "-tenants", "2",
+		"-tenant-prefix", "lt-backlog-"+testenv.RandomSuffix())
+	require.Equal(t, 0, code)
+	requireExactlyOnce(t, rep, 400, 2)
+	require.Positive(t, rep.StoredPerSecond)
+	// Nothing is consumed while publishing, so the first message waits at
+	// least as long as publishing takes, and the first half of them at
+	// least half as long.
+	publishMS := rep.PublishSeconds * 1000
+	require.GreaterOrEqual(t, rep.LatencyMS.Max, 0.9*publishMS, "the first message was consumed before publishing ended")
+	require.GreaterOrEqual(t, rep.LatencyMS.P50, 0.4*publishMS, "half the messages were consumed while publishing")
+}
+
 func TestProgressOnlyOnTerminals(t *testing.T) {
 	t.Parallel()
 	require.False(t, isTerminal(&bytes.Buffer{}), "a buffer")
