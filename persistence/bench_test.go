@@ -2,7 +2,9 @@ package persistence
 
 import (
 	"fmt"
+	"runtime"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -43,6 +45,42 @@ func BenchmarkInsertBatch(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(seq)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkInsertBatchTenants measures small batches of 10 tenants stored
+// at once, one goroutine per tenant, as workers under moderate load send
+// them: each transaction of its own, or shared (WithGroupCommit).
+func BenchmarkInsertBatchTenants(b *testing.B) {
+	const tenants, size = 10, 3
+	for _, group := range []int{0, 2} {
+		b.Run(fmt.Sprintf("group_commit=%d", group), func(b *testing.B) {
+			store := setup(b, WithMaxConns(16), WithGroupCommit(group))
+			ids := make([]string, tenants)
+			for i := range ids {
+				ids[i] = createTenant(b, store, fmt.Sprintf("bench%d", i)).ID
+			}
+			ctx := testContext(b)
+			var goroutine, seq atomic.Int64
+
+			b.ReportAllocs()
+			b.SetParallelism(tenants / runtime.GOMAXPROCS(0))
+			b.RunParallel(func(pb *testing.PB) {
+				tenant := ids[int(goroutine.Add(1)-1)%tenants]
+				msgs := make([]Message, size)
+				for pb.Next() {
+					for i := range msgs {
+						msgs[i] = Message{MessageID: strconv.FormatInt(seq.Add(1), 10),
+							Payload: benchPayload, PublishedAt: time.Now()}
+					}
+					if _, err := store.InsertBatch(ctx, tenant, msgs); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
 }
