@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -267,6 +268,15 @@ func TestPipelineEndToEnd(t *testing.T) {
 	})
 	requireMetric(t, e, fmt.Sprintf(`messaging_workers_live{tenant="%s"} 1`, resized.id))
 
+	// Under this load the tenants' batches share insert transactions.
+	text := metricsText(t, e)
+	transactions := metricValue(t, text, "messaging_insert_transaction_batches_count")
+	batches := metricValue(t, text, "messaging_insert_transaction_batches_sum")
+	require.Positive(t, transactions)
+	require.Greater(t, batches, transactions, "no insert transaction stored more than one batch")
+	require.LessOrEqual(t, batches, metricValue(t, text, "messaging_batch_size_count"),
+		"more batches in transactions than batches stored")
+
 	t.Logf("%s: %s", time.Since(started).Round(time.Millisecond), "restart")
 	// Restart: messages published while the server is down wait in the
 	// queue and are stored once it is back.
@@ -304,6 +314,22 @@ func metricsText(t *testing.T, e *env) string {
 	require.NoError(t, err)
 	defer res.Body.Close()
 	return readAll(t, res)
+}
+
+// metricValue returns the value of the unlabelled series name in text, the
+// Prometheus text format.
+func metricValue(t *testing.T, text, name string) float64 {
+	t.Helper()
+	for line := range strings.Lines(text) {
+		value, ok := strings.CutPrefix(strings.TrimSpace(line), name+" ")
+		if ok {
+			v, err := strconv.ParseFloat(value, 64)
+			require.NoError(t, err, "series %s", name)
+			return v
+		}
+	}
+	t.Fatalf("/metrics has no series %s", name)
+	return 0
 }
 
 func requireMetric(t *testing.T, e *env, line string) {

@@ -10,20 +10,21 @@ import (
 // Metrics holds the collectors shared by the actors, the transport and the
 // API. Series labelled by tenant are removed by ForgetTenant.
 type Metrics struct {
-	Received        *prometheus.CounterVec
-	Persisted       *prometheus.CounterVec
-	Duplicates      *prometheus.CounterVec
-	DeadLettered    *prometheus.CounterVec
-	BatchSize       prometheus.Histogram
-	BatchDuration   prometheus.Histogram
-	BatchRetries    *prometheus.CounterVec
-	StoreLatency    prometheus.Histogram
-	WorkersLive     *prometheus.GaugeVec
-	WorkerRestarts  *prometheus.CounterVec
-	ConsumerRunning *prometheus.GaugeVec
-	Tenants         prometheus.Gauge
-	BrokerConnected prometheus.Gauge
-	BrokerReconnect prometheus.Counter
+	Received           *prometheus.CounterVec
+	Persisted          *prometheus.CounterVec
+	Duplicates         *prometheus.CounterVec
+	DeadLettered       *prometheus.CounterVec
+	BatchSize          prometheus.Histogram
+	BatchDuration      prometheus.Histogram
+	BatchRetries       *prometheus.CounterVec
+	TransactionBatches prometheus.Histogram
+	StoreLatency       prometheus.Histogram
+	WorkersLive        *prometheus.GaugeVec
+	WorkerRestarts     *prometheus.CounterVec
+	ConsumerRunning    *prometheus.GaugeVec
+	Tenants            prometheus.Gauge
+	BrokerConnected    prometheus.Gauge
+	BrokerReconnect    prometheus.Counter
 }
 
 // New creates the collectors and registers them, with the Go and process
@@ -61,6 +62,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "messaging_batch_retries_total",
 			Help: "Batch inserts retried after a transient database error.",
 		}, tenant),
+		TransactionBatches: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "messaging_insert_transaction_batches",
+			Help:    "Batches stored together by each insert transaction (GROUP_COMMIT).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128},
+		}),
 		StoreLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "messaging_publish_to_stored_seconds",
 			Help:    "Time from a message's published_at to its commit.",
@@ -93,7 +99,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(
 		m.Received, m.Persisted, m.Duplicates, m.DeadLettered,
-		m.BatchSize, m.BatchDuration, m.BatchRetries, m.StoreLatency,
+		m.BatchSize, m.BatchDuration, m.BatchRetries, m.TransactionBatches, m.StoreLatency,
 		m.WorkersLive, m.WorkerRestarts, m.ConsumerRunning,
 		m.Tenants, m.BrokerConnected, m.BrokerReconnect,
 		collectors.NewGoCollector(),

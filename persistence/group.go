@@ -27,6 +27,7 @@ const maxGroupRows = 2000
 // commit from being stored twice.
 type committer struct {
 	p        *Postgres
+	observe  func(batches int) // called after each commit; never nil
 	requests chan *insertRequest
 	quit     chan struct{}
 	wg       sync.WaitGroup
@@ -43,9 +44,13 @@ type insertRequest struct {
 	done     chan error // buffered, so a committer never blocks on it
 }
 
-func newCommitter(p *Postgres, n int) *committer {
+func newCommitter(p *Postgres, n int, observe func(batches int)) *committer {
+	if observe == nil {
+		observe = func(int) {}
+	}
 	g := &committer{
 		p:        p,
+		observe:  observe,
 		requests: make(chan *insertRequest, 1024),
 		quit:     make(chan struct{}),
 	}
@@ -154,8 +159,7 @@ func (g *committer) run(group []*insertRequest) {
 	case 0:
 		return
 	case 1:
-		r := live[0]
-		r.done <- g.p.insertAlone(r.ctx, r.tenantID, r.b)
+		g.runAlone(live[0])
 		return
 	}
 
@@ -169,6 +173,7 @@ func (g *committer) run(group []*insertRequest) {
 	}
 
 	if err := g.p.insertGroup(ctx, live); err == nil {
+		g.observe(len(live))
 		for _, r := range live {
 			r.done <- nil
 		}
@@ -179,8 +184,17 @@ func (g *committer) run(group []*insertRequest) {
 			r.done <- err
 			continue
 		}
-		r.done <- g.p.insertAlone(r.ctx, r.tenantID, r.b)
+		g.runAlone(r)
 	}
+}
+
+// runAlone stores the batch of r in a transaction of its own.
+func (g *committer) runAlone(r *insertRequest) {
+	err := g.p.insertAlone(r.ctx, r.tenantID, r.b)
+	if err == nil {
+		g.observe(1)
+	}
+	r.done <- err
 }
 
 // insertGroup sends one insert statement per request in a pipeline that

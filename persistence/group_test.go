@@ -66,7 +66,15 @@ func waitQueued(t *testing.T, store *Postgres, n int) {
 
 func TestGroupCommitSharesOneTransaction(t *testing.T) {
 	t.Parallel()
-	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	var (
+		mu       sync.Mutex
+		observed []int
+	)
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4), WithTransactionObserver(func(batches int) {
+		mu.Lock()
+		defer mu.Unlock()
+		observed = append(observed, batches)
+	}))
 	ctx := testContext(t)
 	release := holdCommitter(t, store)
 
@@ -92,6 +100,10 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 			require.Equal(t, txID, m.Position.TxID, "tenant %d was stored in a transaction of its own", i)
 		}
 	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []int{1, len(tenants)}, observed, "batches per transaction: the holder's, then the shared one")
 }
 
 func TestGroupCommitIsolatesFailingBatches(t *testing.T) {

@@ -34,6 +34,7 @@ type Option func(*settings)
 type settings struct {
 	pool        *pgxpool.Config
 	groupCommit int
+	observe     func(batches int)
 }
 
 // WithMaxConns sets the maximum number of pooled connections. The default
@@ -57,6 +58,14 @@ func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 // ones. n of 0, the default, runs every batch in its own transaction.
 func WithGroupCommit(n int) Option {
 	return func(s *settings) { s.groupCommit = n }
+}
+
+// WithTransactionObserver makes a store with WithGroupCommit call fn after
+// each insert transaction that commits, with the number of batches it
+// stored. fn runs on the goroutine that will start the next transaction,
+// so it must return quickly.
+func WithTransactionObserver(fn func(batches int)) Option {
+	return func(s *settings) { s.observe = fn }
 }
 
 // Open connects to databaseURL and pings the database. When the database
@@ -91,7 +100,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 	}
 	p := &Postgres{pool: pool, logger: logger}
 	if set.groupCommit > 0 {
-		p.group = newCommitter(p, set.groupCommit)
+		p.group = newCommitter(p, set.groupCommit, set.observe)
 	}
 	return p, nil
 }

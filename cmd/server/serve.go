@@ -84,14 +84,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	work, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
 
-	store, err := openStore(ctx, cfg, logger)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	store, err := openStore(ctx, cfg, logger, m)
 	if err != nil {
 		return stoppedWhileStarting(ctx, logger, err)
 	}
 	defer store.Close()
 
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg)
 	broker, err := dialBroker(ctx, cfg, logger, m)
 	if err != nil {
 		return stoppedWhileStarting(ctx, logger, err)
@@ -175,14 +175,15 @@ func shutdown(cfg config.Config, srv *http.Server, sup *supervisor.Supervisor, s
 }
 
 // openStore connects to PostgreSQL, waiting for it while it is down, and
-// applies the migrations.
-func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger) (*persistence.Postgres, error) {
+// applies the migrations. m receives the insert transaction metrics.
+func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (*persistence.Postgres, error) {
 	var store *persistence.Postgres
 	err := retryStart(ctx, logger, "database", func() error {
 		var err error
 		store, err = persistence.Open(ctx, cfg.DatabaseURL, logger,
 			persistence.WithMaxConns(int32(cfg.DatabaseMaxConns)),
-			persistence.WithGroupCommit(cfg.GroupCommit))
+			persistence.WithGroupCommit(cfg.GroupCommit),
+			persistence.WithTransactionObserver(func(n int) { m.TransactionBatches.Observe(float64(n)) }))
 		return err
 	})
 	if err != nil {
