@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"log/slog"
 	"sync/atomic"
 	"testing"
 
@@ -10,7 +11,7 @@ import (
 
 func TestRouterFillsOneWorkerFirst(t *testing.T) {
 	t.Parallel()
-	system := actor.NewActorSystem()
+	system := quietSystem()
 	t.Cleanup(system.Shutdown)
 	noop := actor.PropsFromFunc(func(actor.Context) {})
 
@@ -41,7 +42,7 @@ func TestRouterFillsOneWorkerFirst(t *testing.T) {
 
 func TestRouterRemoveStopsRouting(t *testing.T) {
 	t.Parallel()
-	system := actor.NewActorSystem()
+	system := quietSystem()
 	t.Cleanup(system.Shutdown)
 	noop := actor.PropsFromFunc(func(actor.Context) {})
 
@@ -64,4 +65,12 @@ func loads(counts []*atomic.Int64) []int64 {
 		out[i] = c.Load()
 	}
 	return out
+}
+
+// quietSystem returns an actor system that logs nothing; the default one
+// prints to stdout.
+func quietSystem() *actor.ActorSystem {
+	return actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.DiscardHandler)
+	}))
 }

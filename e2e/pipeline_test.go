@@ -280,7 +280,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	t.Logf("%s: %s", time.Since(started).Round(time.Millisecond), "restart")
 	// Restart: messages published while the server is down wait in the
 	// queue and are stored once it is back.
-	took := srv.stop(t, 25*time.Second)
+	took := srv.Stop(t, 25*time.Second)
 	t.Logf("graceful shutdown took %s", took.Round(time.Millisecond))
 	publishAMQP(t, e.rabbitURL, tenants[0].id, "offline", 0, 500)
 	e.start(t)

@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
-	"syscall"
 	"testing"
 	"time"
 
@@ -65,73 +63,26 @@ func (e *env) token(t *testing.T, c api.Claims) string {
 
 func (e *env) url(path string) string { return "http://" + e.addr + path }
 
-// server is a running server process.
-type server struct {
-	cmd    *exec.Cmd
-	output *testenv.LockedBuffer
-	done   chan error
-}
-
-// start runs the server binary and waits until /ready returns 200.
-func (e *env) start(t *testing.T, extraEnv ...string) *server {
+// start runs the server binary and waits until /ready returns 200. The
+// server's output is logged when the test fails.
+func (e *env) start(t *testing.T, extraEnv ...string) *testenv.Server {
 	t.Helper()
-	cmd := exec.Command(serverBinary)
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+e.databaseURL,
-		"RABBITMQ_URL="+e.rabbitURL,
-		"HTTP_ADDR="+e.addr,
-		"JWT_SECRET="+string(e.secret),
+	vars := append([]string{
+		"DATABASE_URL=" + e.databaseURL,
+		"RABBITMQ_URL=" + e.rabbitURL,
+		"HTTP_ADDR=" + e.addr,
+		"JWT_SECRET=" + string(e.secret),
 		"TENANT_SYNC_INTERVAL=1s",
 		"SHUTDOWN_TIMEOUT=20s",
 		"LOG_FORMAT=text",
-	)
-	cmd.Env = append(cmd.Env, extraEnv...)
+	}, extraEnv...)
 	out := &testenv.LockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	s := &server{cmd: cmd, output: out, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait() }()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-s.done
-		}
 		if t.Failed() {
 			t.Logf("server output:\n%s", tail(out.String(), 8000))
 		}
 	})
-
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-s.done:
-			t.Fatalf("server exited before it was ready: %v\n%s", err, out.String())
-		default:
-		}
-		if res, err := http.Get(e.url("/ready")); err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return s
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("server not ready within 60s\n%s", tail(out.String(), 8000))
-	return nil
-}
-
-// stop sends SIGTERM and requires exit status 0 within timeout.
-func (s *server) stop(t *testing.T, timeout time.Duration) time.Duration {
-	t.Helper()
-	started := time.Now()
-	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-s.done:
-		require.NoError(t, err, "server exit status after SIGTERM")
-	case <-time.After(timeout):
-		t.Fatalf("server did not exit within %s of SIGTERM", timeout)
-	}
-	return time.Since(started)
+	return testenv.StartServer(t, serverBinary, vars, out, e.url("/ready"), 60*time.Second)
 }
 
 func readAll(t *testing.T, res *http.Response) string {

@@ -70,6 +70,6 @@ func TestWorkerPanicUnderLoad(t *testing.T) {
 	var v tenantView
 	call(t, http.MethodGet, e.url("/api/v1/tenants/"+id), e.admin, nil, http.StatusOK, &v)
 	require.Equal(t, workers, v.WorkersRunning)
-	require.False(t, srv.exited(), "server exited: %v", srv.err)
+	srv.RequireRunning(t)
 	t.Logf("%d rows; %d dead-lettered as max_attempts; %.0f worker restarts", rows.total, len(got), restarts)
 }

@@ -93,7 +93,7 @@ func TestDatabaseConnectionsTerminatedUnderLoad(t *testing.T) {
 	locked := time.Since(lockedAt)
 
 	rows := l.finish(t, e, id)
-	require.False(t, srv.exited(), "server exited: %v", srv.err)
+	srv.RequireRunning(t)
 	status, body := e.ready()
 	require.Equal(t, http.StatusOK, status, body)
 
@@ -127,7 +127,7 @@ func TestDatabaseRestartUnderLoad(t *testing.T) {
 	})
 
 	rows := l.finish(t, e, id)
-	require.False(t, srv.exited(), "server exited: %v", srv.err)
+	srv.RequireRunning(t)
 	require.Positive(t, e.metrics(t)[fmt.Sprintf(`%s{tenant=%q}`, batchRetriesMetric, id)])
 	conns := serverConnections(t, e.databaseURL)
 	require.LessOrEqual(t, conns, maxPoolConns())

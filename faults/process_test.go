@@ -24,7 +24,7 @@ func TestServerKilledUnderLoad(t *testing.T) {
 	// commit and ack when the process dies.
 	l := startLoad(t, e, id, 12000, 2400, 3000)
 	time.Sleep(2 * time.Second)
-	srv.kill(t)
+	srv.Kill(t)
 	killedAt := time.Now()
 
 	// With the process gone, the broker has taken back every unacked delivery,
@@ -55,7 +55,7 @@ func TestServerTerminatedUnderLoad(t *testing.T) {
 	// SIGTERM arrives: a graceful stop waits for them to commit and ack.
 	unlock := lockPartition(t, e.databaseURL, partitionName(t, e.databaseURL, id), 3*time.Second)
 	time.Sleep(500 * time.Millisecond)
-	took := srv.stop(t, shutdownTimeout)
+	took := srv.Stop(t, shutdownTimeout)
 	unlock()
 	log := e.output.String()
 	require.Contains(t, log, "server: stopped", "graceful shutdown did not finish")

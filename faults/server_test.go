@@ -11,11 +11,9 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -93,89 +91,20 @@ func (e *env) token(t *testing.T, c api.Claims) string {
 
 func (e *env) url(path string) string { return "http://" + e.addr + path }
 
-// server is a running server process.
-type server struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // exit status, set before done closes
-}
-
-// exited reports whether the process has ended.
-func (s *server) exited() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // start runs the server binary and waits until /ready returns 200.
-func (e *env) start(t *testing.T) *server {
+func (e *env) start(t *testing.T) *testenv.Server {
 	t.Helper()
-	cmd := exec.Command(serverBinary)
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+e.databaseURL,
-		"RABBITMQ_URL="+e.rabbitURL,
-		"HTTP_ADDR="+e.addr,
-		"JWT_SECRET="+string(e.secret),
+	vars := []string{
+		"DATABASE_URL=" + e.databaseURL,
+		"RABBITMQ_URL=" + e.rabbitURL,
+		"HTTP_ADDR=" + e.addr,
+		"JWT_SECRET=" + string(e.secret),
 		"TENANT_SYNC_INTERVAL=1s",
-		"SHUTDOWN_TIMEOUT="+shutdownTimeout.String(),
+		"SHUTDOWN_TIMEOUT=" + shutdownTimeout.String(),
 		"LOG_FORMAT=text",
-	)
+	}
 	fmt.Fprintf(e.output, "==> server start at %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd.Stdout, cmd.Stderr = e.output, e.output
-	require.NoError(t, cmd.Start())
-	s := &server{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		s.err = cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		if !s.exited() {
-			_ = cmd.Process.Kill()
-			<-s.done
-		}
-	})
-
-	deadline := time.Now().Add(readyTimeout)
-	for time.Now().Before(deadline) {
-		if s.exited() {
-			t.Fatalf("server exited before it was ready: %v", s.err)
-		}
-		if status, _ := e.ready(); status == http.StatusOK {
-			return s
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("server not ready within %s", readyTimeout)
-	return nil
-}
-
-// kill sends SIGKILL to the server process and waits for it to end.
-func (s *server) kill(t *testing.T) {
-	t.Helper()
-	require.NoError(t, s.cmd.Process.Signal(syscall.SIGKILL))
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("server process %d still runs 10s after SIGKILL", s.cmd.Process.Pid)
-	}
-}
-
-// stop sends SIGTERM and requires exit status 0 within timeout. It
-// returns how long the process took to exit.
-func (s *server) stop(t *testing.T, timeout time.Duration) time.Duration {
-	t.Helper()
-	started := time.Now()
-	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case <-s.done:
-		require.NoError(t, s.err, "server exit status after SIGTERM")
-	case <-time.After(timeout):
-		t.Fatalf("server did not exit within %s of SIGTERM", timeout)
-	}
-	return time.Since(started)
+	return testenv.StartServer(t, serverBinary, vars, e.output, e.url("/ready"), readyTimeout)
 }
 
 // ready returns the status code and body of GET /ready, or 0 when the

@@ -101,7 +101,7 @@ func TestWorkerBatchFailureRequeuesAndIsolates(t *testing.T) {
 	m := e.metrics(t)
 	retries := m[fmt.Sprintf(`%s{tenant=%q}`, batchRetriesMetric, id)]
 	require.GreaterOrEqual(t, retries, 3.0, "the flaky message's batch was not retried")
-	require.False(t, srv.exited(), "server exited: %v", srv.err)
+	srv.RequireRunning(t)
 	status, body := e.ready()
 	require.Equal(t, http.StatusOK, status, body)
 	requeued := strings.Count(e.output.String(), "batch insert failed; requeueing its messages")

@@ -3,13 +3,17 @@ package testenv
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // LockedBuffer is an io.Writer that is safe for concurrent use, for
@@ -68,4 +72,107 @@ func BuildServer(tags ...string) (string, func(), error) {
 		return "", nil, fmt.Errorf("build server: %w", err)
 	}
 	return binary, remove, nil
+}
+
+// Server is a server process that a test started with StartServer.
+type Server struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+	err  error         // exit status, set before done closes
+}
+
+// readyClient polls the readiness endpoint, giving up on one request after
+// 5 seconds.
+var readyClient = &http.Client{Timeout: 5 * time.Second}
+
+// StartServer starts binary with env added to the process environment and
+// its output written to out, then waits until GET readyURL returns 200. It
+// fails the test when the process exits first or timeout passes. A process
+// still running when the test ends is killed.
+func StartServer(t testing.TB, binary string, env []string, out io.Writer, readyURL string, timeout time.Duration) *Server {
+	t.Helper()
+	cmd := exec.Command(binary)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", binary, err)
+	}
+	s := &Server{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		s.err = cmd.Wait()
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		if !s.Exited() {
+			_ = cmd.Process.Kill()
+			<-s.done
+		}
+	})
+
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if s.Exited() {
+			t.Fatalf("server exited before it was ready: %v", s.err)
+		}
+		if res, err := readyClient.Get(readyURL); err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return s
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("server not ready within %s", timeout)
+	return nil
+}
+
+// Exited reports whether the process has ended.
+func (s *Server) Exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (s *Server) Kill(t testing.TB) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatalf("kill server process %d: %v", s.cmd.Process.Pid, err)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("server process %d still runs 10s after SIGKILL", s.cmd.Process.Pid)
+	}
+}
+
+// Stop sends SIGTERM and fails the test unless the process exits with
+// status 0 within timeout. It returns how long the process took to exit.
+func (s *Server) Stop(t testing.TB, timeout time.Duration) time.Duration {
+	t.Helper()
+	started := time.Now()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("signal server process %d: %v", s.cmd.Process.Pid, err)
+	}
+	select {
+	case <-s.done:
+		if s.err != nil {
+			t.Fatalf("server exit status after SIGTERM: %v", s.err)
+		}
+	case <-time.After(timeout):
+		t.Fatalf("server did not exit within %s of SIGTERM", timeout)
+	}
+	return time.Since(started)
+}
+
+// RequireRunning fails the test, with the exit status, when the process
+// has ended.
+func (s *Server) RequireRunning(t testing.TB) {
+	t.Helper()
+	if s.Exited() {
+		t.Fatalf("server exited: %v", s.err)
+	}
 }
