@@ -335,8 +335,8 @@ func (c *Config) Validate() error {
 	check(c.DatabaseURL != "", "DATABASE_URL is empty: set it to a postgres:// URL")
 	check(c.DatabaseMaxConns >= 1 && c.DatabaseMaxConns <= 1000,
 		"DATABASE_MAX_CONNS is %d: it must be between 1 and 1000", c.DatabaseMaxConns)
-	check(c.GroupCommit >= 0 && c.GroupCommit <= c.DatabaseMaxConns,
-		"GROUP_COMMIT is %d: it must be between 0 and DATABASE_MAX_CONNS (%d)", c.GroupCommit, c.DatabaseMaxConns)
+	check(c.GroupCommit >= 0 && c.GroupCommit <= 1000,
+		"GROUP_COMMIT is %d: it must be between 0 and 1000", c.GroupCommit)
 	check(c.RabbitMQURL != "", "RABBITMQ_URL is empty: set it to an amqp:// URL")
 	check(c.HTTPAddr != "", "HTTP_ADDR is empty: set it to a listen address such as :8080")
 	check(c.MaxWorkerCount >= 1 && c.MaxWorkerCount <= 1024,
