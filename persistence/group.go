@@ -2,9 +2,12 @@ package persistence
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -13,24 +16,38 @@ import (
 // batch waiting behind large ones still goes into the next transaction.
 const maxGroupRows = 2000
 
+// groupLockTimeout bounds how long a shared transaction waits for a lock,
+// such as the row lock of a message id that another transaction is
+// inserting, or a lock that an operator holds on one tenant's partition.
+// Past it the transaction fails, and each batch is run again by its own
+// caller, where only that tenant waits.
+const groupLockTimeout = 200 * time.Millisecond
+
+// errRunAlone is the response to a request whose shared transaction
+// failed: the caller runs its batch on its own.
+var errRunAlone = errors.New("shared transaction failed")
+
 // committer runs the batches of InsertBatch in shared transactions (see
 // WithGroupCommit). Each of its goroutines takes the oldest waiting batch
-// and every other batch already waiting, up to maxGroupRows rows. It sends
-// them as one pipeline of insert statements, which PostgreSQL runs as a
-// single implicit transaction, so they cost one round trip and one commit.
+// and the other batches already waiting, at most one per tenant and up to
+// maxGroupRows rows. It sends them as one pipeline of insert statements,
+// which PostgreSQL runs as a single implicit transaction, so they cost one
+// round trip and one commit.
 //
 // When the shared transaction fails, nothing of it was committed (or, if
-// the connection broke during the commit, it is not known whether it was),
-// and each batch is run again on its own with insertAlone. That isolates
-// a batch with a bad row or a deleted partition from the batches it
-// shared the transaction with, and message ids keep a batch that did
-// commit from being stored twice.
+// the connection broke during the commit, it is not known whether it was).
+// Each caller then runs its batch on its own with insertAlone, in its own
+// goroutine. That isolates a batch with a bad row, a deleted partition or
+// a lock wait from the batches it shared the transaction with, and frees
+// the committer at once. Message ids keep a batch that did commit from
+// being stored twice.
 type committer struct {
-	p        *Postgres
-	observe  func(batches int) // called after each commit; never nil
-	requests chan *insertRequest
-	quit     chan struct{}
-	wg       sync.WaitGroup
+	p           *Postgres
+	observe     func(batches int) // called after each commit; never nil
+	lockTimeout string            // lock_timeout of shared transactions
+	requests    chan *insertRequest
+	quit        chan struct{}
+	wg          sync.WaitGroup
 
 	mu     sync.RWMutex // held for reading while a request is queued
 	closed bool
@@ -44,15 +61,16 @@ type insertRequest struct {
 	done     chan error // buffered, so a committer never blocks on it
 }
 
-func newCommitter(p *Postgres, n int, observe func(batches int)) *committer {
+func newCommitter(p *Postgres, n int, observe func(batches int), lockTimeout time.Duration) *committer {
 	if observe == nil {
 		observe = func(int) {}
 	}
 	g := &committer{
-		p:        p,
-		observe:  observe,
-		requests: make(chan *insertRequest, 1024),
-		quit:     make(chan struct{}),
+		p:           p,
+		observe:     observe,
+		lockTimeout: fmt.Sprintf("%dms", max(lockTimeout.Milliseconds(), 1)),
+		requests:    make(chan *insertRequest, 1024),
+		quit:        make(chan struct{}),
 	}
 	for range n {
 		g.wg.Go(g.loop)
@@ -60,24 +78,38 @@ func newCommitter(p *Postgres, n int, observe func(batches int)) *committer {
 	return g
 }
 
-// insert stores b in the next shared transaction and returns when its
-// outcome is known or ctx ends. After close it stores b on its own.
+// insert stores b in the next shared transaction, or on its own when that
+// fails or the committer is closed, and returns when its outcome is known
+// or ctx ends.
 func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error {
 	r := &insertRequest{ctx: ctx, tenantID: tenantID, b: b, done: make(chan error, 1)}
 	if !g.enqueue(ctx, r) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return g.p.insertAlone(ctx, tenantID, b)
+		return g.insertAlone(ctx, tenantID, b)
 	}
 	select {
 	case err := <-r.done:
+		if errors.Is(err, errRunAlone) {
+			return g.insertAlone(ctx, tenantID, b)
+		}
 		return err
 	case <-ctx.Done():
 		// A committer that has taken r still writes its outcome into b,
 		// which the caller no longer reads.
 		return ctx.Err()
 	}
+}
+
+// insertAlone stores b in a transaction of its own and reports a commit
+// to the observer.
+func (g *committer) insertAlone(ctx context.Context, tenantID string, b *batch) error {
+	err := g.p.insertAlone(ctx, tenantID, b)
+	if err == nil {
+		g.observe(1)
+	}
+	return err
 }
 
 // enqueue queues r and reports whether it did. It does not queue r once
@@ -111,29 +143,47 @@ func (g *committer) close() {
 }
 
 func (g *committer) loop() {
-	var group []*insertRequest
+	var (
+		group   []*insertRequest
+		next    *insertRequest // taken while collecting, for the next group
+		tenants = make(map[string]bool)
+	)
 	for {
-		var first *insertRequest
-		select {
-		case first = <-g.requests:
-		case <-g.quit:
-			// No request is queued after quit closes, so this runs the
-			// last ones.
-			for {
-				select {
-				case r := <-g.requests:
-					g.run([]*insertRequest{r})
-				default:
-					return
+		first := next
+		next = nil
+		if first == nil {
+			select {
+			case first = <-g.requests:
+			case <-g.quit:
+				// No request is queued after quit closes, so this runs the
+				// last ones.
+				for {
+					select {
+					case r := <-g.requests:
+						g.run([]*insertRequest{r})
+					default:
+						return
+					}
 				}
 			}
 		}
+
+		// A second batch of a tenant waits for the next group: two
+		// statements of one tenant in one transaction could take their
+		// locks in another order than a concurrent transaction does.
 		group = append(group[:0], first)
+		clear(tenants)
+		tenants[first.tenantID] = true
 		rows := len(first.b.ids)
 	collect:
 		for rows < maxGroupRows {
 			select {
 			case r := <-g.requests:
+				if tenants[r.tenantID] {
+					next = r
+					break collect
+				}
+				tenants[r.tenantID] = true
 				group = append(group, r)
 				rows += len(r.b.ids)
 			default:
@@ -145,7 +195,8 @@ func (g *committer) loop() {
 	}
 }
 
-// run stores the batches of group and responds to each request.
+// run stores the batches of group in one transaction and responds to each
+// request: nil, the caller's context error, or errRunAlone.
 func (g *committer) run(group []*insertRequest) {
 	live := group[:0:0]
 	for _, r := range group {
@@ -155,16 +206,12 @@ func (g *committer) run(group []*insertRequest) {
 		}
 		live = append(live, r)
 	}
-	switch len(live) {
-	case 0:
-		return
-	case 1:
-		g.runAlone(live[0])
+	if len(live) == 0 {
 		return
 	}
 
 	// The shared transaction ends as soon as any of its callers gives up,
-	// and the others then run alone below.
+	// and the others then run alone.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for _, r := range live {
@@ -172,46 +219,75 @@ func (g *committer) run(group []*insertRequest) {
 		defer stop()
 	}
 
-	if err := g.p.insertGroup(ctx, live); err == nil {
+	err := g.insertGroup(ctx, live)
+	if err == nil {
 		g.observe(len(live))
 		for _, r := range live {
 			r.done <- nil
 		}
 		return
 	}
+	g.logFailure(live, err)
 	for _, r := range live {
 		if err := r.ctx.Err(); err != nil {
 			r.done <- err
 			continue
 		}
-		g.runAlone(r)
+		r.done <- errRunAlone
 	}
 }
 
-// runAlone stores the batch of r in a transaction of its own.
-func (g *committer) runAlone(r *insertRequest) {
-	err := g.p.insertAlone(r.ctx, r.tenantID, r.b)
-	if err == nil {
-		g.observe(1)
+// logFailure logs a failed shared transaction. A lock wait or a deadlock
+// delays other tenants, so it is a warning. Row errors and lost
+// connections are logged where each batch is run again.
+func (g *committer) logFailure(group []*insertRequest, err error) {
+	tenants := make([]string, len(group))
+	for i, r := range group {
+		tenants[i] = r.tenantID
 	}
-	r.done <- err
+	switch sqlState(err) {
+	case "55P03", "40P01": // lock_not_available, deadlock_detected
+		g.p.logger.Warn("persistence: shared insert transaction stopped by a lock wait or deadlock, "+
+			"so its batches are stored one by one", "err", err, "tenants", tenants)
+	default:
+		g.p.logger.Debug("persistence: shared insert transaction failed, so its batches are stored one by one",
+			"err", err, "tenants", tenants)
+	}
 }
 
-// insertGroup sends one insert statement per request in a pipeline that
-// ends with a single sync, so PostgreSQL runs them in one implicit
-// transaction that commits only if every statement succeeds. The
-// statements run in tenant order, so that two shared transactions take
-// the unique-index locks of the same tenants in the same order.
-func (p *Postgres) insertGroup(ctx context.Context, group []*insertRequest) error {
+// insertGroup runs insertPipeline and turns a panic in it into an error,
+// so that a committer goroutine never takes the process down.
+func (g *committer) insertGroup(ctx context.Context, group []*insertRequest) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("shared insert transaction panicked: %v", v)
+		}
+	}()
+	return g.p.insertPipeline(ctx, group, g.lockTimeout)
+}
+
+// insertPipeline sends a statement that sets lock_timeout for the
+// transaction, then one insert statement per request, in a pipeline that
+// ends with a single sync. PostgreSQL runs them in one implicit
+// transaction that commits only if every statement succeeds. The requests
+// are of different tenants and run in tenant order, and each statement
+// inserts in message id order, so concurrent shared transactions take
+// their unique-index locks in the same order.
+func (p *Postgres) insertPipeline(ctx context.Context, group []*insertRequest, lockTimeout string) error {
 	slices.SortStableFunc(group, func(a, b *insertRequest) int {
 		return strings.Compare(a.tenantID, b.tenantID)
 	})
 	var pipeline pgx.Batch
+	pipeline.Queue("SELECT set_config('lock_timeout', $1, true)", lockTimeout)
 	for _, r := range group {
 		b := r.b
 		pipeline.Queue(insertSQL, r.tenantID, b.ids, b.payloads, b.published)
 	}
 	results := p.pool.SendBatch(ctx, &pipeline)
+	if _, err := results.Exec(); err != nil {
+		_ = results.Close()
+		return err
+	}
 	for _, r := range group {
 		rows, err := results.Query()
 		if err == nil {

@@ -40,8 +40,13 @@ func await(t *testing.T, done <-chan insertCall) insertCall {
 	}
 }
 
+// withLockTimeout sets the lock_timeout of shared transactions.
+func withLockTimeout(d time.Duration) Option {
+	return func(s *settings) { s.lockTimeout = d }
+}
+
 // holdCommitter makes the only committer of a store opened with
-// WithGroupCommit(1) wait: it starts an insert into a new tenant that
+// WithGroupCommit(1) and a long lock timeout wait: it starts an insert into a new tenant that
 // waits for another transaction's lock. The returned function lets it go
 // on and returns that insert's outcome.
 func holdCommitter(t *testing.T, store *Postgres) (release func() insertCall) {
@@ -70,7 +75,7 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 		mu       sync.Mutex
 		observed []int
 	)
-	store := setup(t, WithGroupCommit(1), WithMaxConns(4), WithTransactionObserver(func(batches int) {
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4), withLockTimeout(time.Minute), WithTransactionObserver(func(batches int) {
 		mu.Lock()
 		defer mu.Unlock()
 		observed = append(observed, batches)
@@ -108,7 +113,7 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 
 func TestGroupCommitIsolatesFailingBatches(t *testing.T) {
 	t.Parallel()
-	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4), withLockTimeout(time.Minute))
 	ctx := testContext(t)
 	good := createTenant(t, store, "good")
 	bad := createTenant(t, store, "bad")
@@ -151,7 +156,7 @@ func TestGroupCommitIsolatesFailingBatches(t *testing.T) {
 
 func TestGroupCommitCancelledWhileQueued(t *testing.T) {
 	t.Parallel()
-	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4), withLockTimeout(time.Minute))
 	release := holdCommitter(t, store)
 
 	cancelled := createTenant(t, store, "cancelled")
@@ -177,7 +182,7 @@ func TestGroupCommitCancelledWhileQueued(t *testing.T) {
 
 func TestGroupCommitCloseRunsQueuedBatches(t *testing.T) {
 	t.Parallel()
-	store := setup(t, WithGroupCommit(1), WithMaxConns(4))
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4), withLockTimeout(time.Minute))
 	release := holdCommitter(t, store)
 	tenant := createTenant(t, store, "queued")
 	ctx := testContext(t)
@@ -203,6 +208,65 @@ func TestGroupCommitCloseRunsQueuedBatches(t *testing.T) {
 	results, err := store.InsertBatch(ctx, tenant.ID, messages("late", 2))
 	require.NoError(t, err)
 	require.Equal(t, repeat(Inserted, 2), outcomes(results))
+}
+
+func TestGroupCommitLockWaitHoldsOnlyItsTenant(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(6), withLockTimeout(time.Second))
+	ctx := testContext(t)
+	holder := createTenant(t, store, "holder")
+	blocked := createTenant(t, store, "blocked")
+	free := createTenant(t, store, "free")
+	releaseHolder := blockInsert(t, store, holder.ID)
+	releaseBlocked := blockInsert(t, store, blocked.ID)
+
+	// The holder keeps the committer busy for up to a second, so that the
+	// next two batches are likely to share a transaction.
+	holderCall := startInsert(ctx, store, holder.ID, []Message{{MessageID: "blocker", Payload: []byte(`{}`)}})
+	waitingInsertPID(t, store)
+	blockedCall := startInsert(ctx, store, blocked.ID, []Message{
+		{MessageID: "blocker", Payload: []byte(`1`)}, {MessageID: "other", Payload: []byte(`2`)}})
+	freeCall := startInsert(ctx, store, free.ID, messages("m", 3))
+
+	c := await(t, freeCall) // while both locks are still held
+	require.NoError(t, c.err)
+	require.Equal(t, repeat(Inserted, 3), outcomes(c.results))
+	select {
+	case c := <-blockedCall:
+		t.Fatalf("the blocked batch returned while its lock was held: %v", c.err)
+	default:
+	}
+
+	releaseBlocked()
+	releaseHolder()
+	c = await(t, blockedCall)
+	require.NoError(t, c.err)
+	require.Equal(t, []Outcome{Inserted, Inserted}, outcomes(c.results))
+	require.NoError(t, await(t, holderCall).err)
+}
+
+func TestGroupCommitOneBatchPerTenant(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(4), withLockTimeout(time.Minute))
+	ctx := testContext(t)
+	tenant := createTenant(t, store, "twice")
+	release := holdCommitter(t, store)
+
+	first := startInsert(ctx, store, tenant.ID, messages("a", 2))
+	waitQueued(t, store, 1)
+	second := startInsert(ctx, store, tenant.ID, messages("b", 2))
+	waitQueued(t, store, 2)
+	require.NoError(t, release().err)
+	require.NoError(t, await(t, first).err)
+	require.NoError(t, await(t, second).err)
+
+	txOf := make(map[string]uint64)
+	for _, m := range listVisible(t, store, tenant.ID, 10, 4) {
+		txOf[m.MessageID] = m.Position.TxID
+	}
+	require.Equal(t, txOf["a-0"], txOf["a-1"])
+	require.Equal(t, txOf["b-0"], txOf["b-1"])
+	require.NotEqual(t, txOf["a-0"], txOf["b-0"], "two batches of one tenant shared a transaction")
 }
 
 // TestGroupCommitConcurrentOverlappingBatches sends every message id of

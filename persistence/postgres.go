@@ -35,6 +35,7 @@ type settings struct {
 	pool        *pgxpool.Config
 	groupCommit int
 	observe     func(batches int)
+	lockTimeout time.Duration // lock_timeout of shared transactions
 }
 
 // WithMaxConns sets the maximum number of pooled connections. The default
@@ -52,10 +53,12 @@ func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 }
 
 // WithGroupCommit makes InsertBatch share transactions: at most n batch
-// transactions run at once, and batches of any tenants that arrive while
+// transactions run at once, and batches of other tenants that arrive while
 // they run are stored together in the next one, each with its own
 // statement. Under load that turns many small commits into a few larger
-// ones. n of 0, the default, runs every batch in its own transaction.
+// ones. A shared transaction waits at most 200 ms for a lock, and when it
+// fails each of its batches is run again on its own by its caller. n of 0,
+// the default, runs every batch in its own transaction.
 func WithGroupCommit(n int) Option {
 	return func(s *settings) { s.groupCommit = n }
 }
@@ -83,7 +86,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("parsing database url: %w", err)
 	}
 	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnContextDone
-	set := settings{pool: cfg}
+	set := settings{pool: cfg, lockTimeout: groupLockTimeout}
 	for _, opt := range opts {
 		opt(&set)
 	}
@@ -100,7 +103,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 	}
 	p := &Postgres{pool: pool, logger: logger}
 	if set.groupCommit > 0 {
-		p.group = newCommitter(p, set.groupCommit, set.observe)
+		p.group = newCommitter(p, set.groupCommit, set.observe, set.lockTimeout)
 	}
 	return p, nil
 }
