@@ -100,7 +100,9 @@ func TestWorkerBatchFailureRequeuesAndIsolates(t *testing.T) {
 
 	m := e.metrics(t)
 	retries := m[fmt.Sprintf(`%s{tenant=%q}`, batchRetriesMetric, id)]
-	require.GreaterOrEqual(t, retries, 3.0, "the flaky message's batch was not retried")
+	// Each try of the flaky batch can fail twice, in a shared transaction
+	// and then alone, so its three failures take one or two retries.
+	require.GreaterOrEqual(t, retries, 1.0, "the flaky message's batch was not retried")
 	srv.RequireRunning(t)
 	status, body := e.ready()
 	require.Equal(t, http.StatusOK, status, body)
