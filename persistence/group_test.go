@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,6 +110,18 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	require.Equal(t, []int{1, len(tenants)}, observed, "batches per transaction: the holder's, then the shared one")
+}
+
+func TestTransactionObserverWithoutGroupCommit(t *testing.T) {
+	t.Parallel()
+	var observed atomic.Int64
+	store := setup(t, WithTransactionObserver(func(batches int) { observed.Add(int64(batches)) }))
+	tenant := createTenant(t, store, "observed")
+	for i := range 3 {
+		_, err := store.InsertBatch(testContext(t), tenant.ID, messages(fmt.Sprintf("b%d", i), 2))
+		require.NoError(t, err)
+	}
+	require.EqualValues(t, 3, observed.Load(), "one transaction of one batch per InsertBatch")
 }
 
 func TestGroupCommitIsolatesFailingBatches(t *testing.T) {

@@ -142,8 +142,8 @@ func (p *Postgres) InsertBatch(ctx context.Context, tenantID string, msgs []Mess
 	var err error
 	if p.group != nil {
 		err = p.group.insert(ctx, tenantID, b)
-	} else {
-		err = p.insertAlone(ctx, tenantID, b)
+	} else if err = p.insertAlone(ctx, tenantID, b); err == nil {
+		p.commit(1)
 	}
 	if err != nil {
 		return nil, batchError(ctx, tenantID, err)

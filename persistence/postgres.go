@@ -23,7 +23,8 @@ import (
 type Postgres struct {
 	pool   *pgxpool.Pool
 	logger *slog.Logger
-	group  *committer // nil when batches are not grouped
+	group  *committer        // nil when batches are not grouped
+	commit func(batches int) // called after each insert transaction commits; never nil
 }
 
 var _ Store = (*Postgres)(nil)
@@ -63,10 +64,10 @@ func WithGroupCommit(n int) Option {
 	return func(s *settings) { s.groupCommit = n }
 }
 
-// WithTransactionObserver makes a store with WithGroupCommit call fn after
-// each insert transaction that commits, with the number of batches it
-// stored. fn runs on the goroutine that will start the next transaction,
-// so it must return quickly.
+// WithTransactionObserver makes InsertBatch call fn after each insert
+// transaction that commits, with the number of batches it stored: 1
+// without WithGroupCommit. fn may run on the goroutine that starts the
+// next transaction, so it must return quickly.
 func WithTransactionObserver(fn func(batches int)) Option {
 	return func(s *settings) { s.observe = fn }
 }
@@ -101,9 +102,12 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{pool: pool, logger: logger}
+	p := &Postgres{pool: pool, logger: logger, commit: set.observe}
+	if p.commit == nil {
+		p.commit = func(int) {}
+	}
 	if set.groupCommit > 0 {
-		p.group = newCommitter(p, set.groupCommit, set.observe, set.lockTimeout)
+		p.group = newCommitter(p, set.groupCommit, p.commit, set.lockTimeout)
 	}
 	return p, nil
 }

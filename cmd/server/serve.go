@@ -72,7 +72,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 	logger.Info("server: starting", "http_addr", cfg.HTTPAddr, "batch_size", cfg.BatchSize,
-		"batch_timeout", cfg.BatchTimeout, "default_worker_count", cfg.DefaultWorkerCount)
+		"batch_timeout", cfg.BatchTimeout, "default_worker_count", cfg.DefaultWorkerCount,
+		"database_max_conns", cfg.DatabaseMaxConns, "group_commit", cfg.GroupCommit)
 	apiCfg, err := apiConfig(cfg, logger)
 	if err != nil {
 		return err
