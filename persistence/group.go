@@ -43,8 +43,7 @@ var errRunAlone = errors.New("shared transaction failed")
 // being stored twice.
 type committer struct {
 	p           *Postgres
-	observe     func(batches int) // called after each commit; never nil
-	lockTimeout string            // lock_timeout of shared transactions
+	lockTimeout string // lock_timeout of shared transactions
 	requests    chan *insertRequest
 	quit        chan struct{}
 	wg          sync.WaitGroup
@@ -61,13 +60,9 @@ type insertRequest struct {
 	done     chan error // buffered, so a committer never blocks on it
 }
 
-func newCommitter(p *Postgres, n int, observe func(batches int), lockTimeout time.Duration) *committer {
-	if observe == nil {
-		observe = func(int) {}
-	}
+func newCommitter(p *Postgres, n int, lockTimeout time.Duration) *committer {
 	g := &committer{
 		p:           p,
-		observe:     observe,
 		lockTimeout: fmt.Sprintf("%dms", max(lockTimeout.Milliseconds(), 1)),
 		requests:    make(chan *insertRequest, 1024),
 		quit:        make(chan struct{}),
@@ -102,12 +97,11 @@ func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error
 	}
 }
 
-// insertAlone stores b in a transaction of its own and reports a commit
-// to the observer.
+// insertAlone stores b in a transaction of its own and reports the commit.
 func (g *committer) insertAlone(ctx context.Context, tenantID string, b *batch) error {
 	err := g.p.insertAlone(ctx, tenantID, b)
 	if err == nil {
-		g.observe(1)
+		g.p.commit(1)
 	}
 	return err
 }
@@ -221,7 +215,7 @@ func (g *committer) run(group []*insertRequest) {
 
 	err := g.insertGroup(ctx, live)
 	if err == nil {
-		g.observe(len(live))
+		g.p.commit(len(live))
 		for _, r := range live {
 			r.done <- nil
 		}

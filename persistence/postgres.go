@@ -107,7 +107,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		p.commit = func(int) {}
 	}
 	if set.groupCommit > 0 {
-		p.group = newCommitter(p, set.groupCommit, p.commit, set.lockTimeout)
+		p.group = newCommitter(p, set.groupCommit, set.lockTimeout)
 	}
 	return p, nil
 }
