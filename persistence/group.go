@@ -57,7 +57,7 @@ type insertRequest struct {
 	ctx      context.Context
 	tenantID string
 	b        *batch
-	done     chan error // buffered, so a committer never blocks on it
+	done     chan error // buffered for the one response, so sending it never blocks
 }
 
 func newCommitter(p *Postgres, n int, lockTimeout time.Duration) *committer {
@@ -82,12 +82,12 @@ func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return g.insertAlone(ctx, tenantID, b)
+		return g.p.insertAlone(ctx, tenantID, b)
 	}
 	select {
 	case err := <-r.done:
 		if errors.Is(err, errRunAlone) {
-			return g.insertAlone(ctx, tenantID, b)
+			return g.p.insertAlone(ctx, tenantID, b)
 		}
 		return err
 	case <-ctx.Done():
@@ -95,15 +95,6 @@ func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error
 		// which the caller no longer reads.
 		return ctx.Err()
 	}
-}
-
-// insertAlone stores b in a transaction of its own and reports the commit.
-func (g *committer) insertAlone(ctx context.Context, tenantID string, b *batch) error {
-	err := g.p.insertAlone(ctx, tenantID, b)
-	if err == nil {
-		g.p.commit(1)
-	}
-	return err
 }
 
 // enqueue queues r and reports whether it did. It does not queue r once

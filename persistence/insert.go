@@ -142,8 +142,8 @@ func (p *Postgres) InsertBatch(ctx context.Context, tenantID string, msgs []Mess
 	var err error
 	if p.group != nil {
 		err = p.group.insert(ctx, tenantID, b)
-	} else if err = p.insertAlone(ctx, tenantID, b); err == nil {
-		p.commit(1)
+	} else {
+		err = p.insertAlone(ctx, tenantID, b)
 	}
 	if err != nil {
 		return nil, batchError(ctx, tenantID, err)
@@ -154,11 +154,15 @@ func (p *Postgres) InsertBatch(ctx context.Context, tenantID string, msgs []Mess
 
 // insertAlone stores b in a transaction of its own: one statement, and
 // when that fails because of the data in some rows, a transaction with
-// savepoints that finds and rejects them.
+// savepoints that finds and rejects them. It reports the commit to the
+// transaction observer.
 func (p *Postgres) insertAlone(ctx context.Context, tenantID string, b *batch) error {
 	err := insertRows(ctx, p.pool, tenantID, b, 0, len(b.ids))
 	if isRowError(err) && ctx.Err() == nil {
 		err = p.insertIsolated(ctx, tenantID, b, err)
+	}
+	if err == nil {
+		p.commit(1)
 	}
 	return err
 }
