@@ -95,7 +95,7 @@ func StartServer(t testing.TB, binary string, env []string, out io.Writer, ready
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", binary, err)
+		t.Fatalf("failed to start %s: %v", binary, err)
 	}
 	s := &Server{cmd: cmd, done: make(chan struct{})}
 	go func() {
@@ -140,7 +140,7 @@ func (s *Server) Exited() bool {
 func (s *Server) Kill(t testing.TB) {
 	t.Helper()
 	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatalf("kill server process %d: %v", s.cmd.Process.Pid, err)
+		t.Fatalf("failed to kill server process %d: %v", s.cmd.Process.Pid, err)
 	}
 	select {
 	case <-s.done:
@@ -155,15 +155,15 @@ func (s *Server) Stop(t testing.TB, timeout time.Duration) time.Duration {
 	t.Helper()
 	started := time.Now()
 	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("signal server process %d: %v", s.cmd.Process.Pid, err)
+		t.Fatalf("failed to send SIGTERM to server process %d: %v", s.cmd.Process.Pid, err)
 	}
 	select {
 	case <-s.done:
 		if s.err != nil {
-			t.Fatalf("server exit status after SIGTERM: %v", s.err)
+			t.Fatalf("server exited with an error after SIGTERM: %v", s.err)
 		}
 	case <-time.After(timeout):
-		t.Fatalf("server did not exit within %s of SIGTERM", timeout)
+		t.Fatalf("server timed out: still running %s after SIGTERM", timeout)
 	}
 	return time.Since(started)
 }
