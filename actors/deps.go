@@ -35,6 +35,9 @@ type Store interface {
 type Options struct {
 	// BatchSize flushes a batch at this many messages, default 500.
 	BatchSize int
+	// Prefetch is the prefetch count of the tenant's consumer, at most
+	// 65535. Default 0: two full batches per worker.
+	Prefetch int
 	// BatchTimeout is the longest a message waits in a batch, default 20ms.
 	// A worker flushes sooner, as soon as no more deliveries wait for it.
 	BatchTimeout time.Duration

@@ -184,10 +184,14 @@ func (t *tenant) publishCounts() {
 	t.deps.Metrics.ConsumerRunning.WithLabelValues(t.id).Set(v)
 }
 
-// prefetch lets every worker hold two full batches: acks are coalesced
-// (see acker), so deliveries one worker has stored stay unacked until the
-// workers holding lower tags have stored theirs.
+// prefetch returns Options.Prefetch, or by default enough for every worker
+// to hold two full batches: acks are coalesced (see acker), so deliveries
+// one worker has stored stay unacked until the workers holding lower tags
+// have stored theirs.
 func (t *tenant) prefetch() int {
+	if n := t.deps.Options.Prefetch; n > 0 {
+		return min(n, 65535)
+	}
 	return min(max(2*t.desired*t.deps.Options.BatchSize, t.deps.Options.BatchSize), 65535)
 }
 

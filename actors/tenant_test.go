@@ -241,3 +241,45 @@ func TestWorkerRedeclaresMissingDeadLetterQueue(t *testing.T) {
 	require.Equal(t, "bad", dead[0].MessageId)
 	require.Equal(t, 21.0, f.counter(f.metrics.Received, f.tenant), "the poison message is not redelivered")
 }
+
+func TestTenantHoldsAtMostPrefetch(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		opts    actors.Options
+		workers int
+		want    int
+	}{
+		"configured":               {opts: actors.Options{Prefetch: 7}, workers: 2, want: 7},
+		"two batches each":         {opts: actors.Options{BatchSize: 10}, workers: 2, want: 40},
+		"configured, four workers": {opts: actors.Options{Prefetch: 7, BatchSize: 10}, workers: 4, want: 7},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			// Every insert waits at the gate, so the tenant keeps what it
+			// received unacked and the rest stays ready in the queue.
+			gate := make(chan struct{})
+			var open sync.Once
+			f := setup(t, tc.opts, func(s actors.Store) actors.Store {
+				return &faultyStore{Store: s, fail: func([]persistence.Message) error {
+					<-gate
+					return nil
+				}}
+			})
+			t.Cleanup(func() { open.Do(func() { close(gate) }) })
+			f.spawn(tc.workers)
+
+			const total = 100
+			f.publish("pf", 0, total)
+			queue := transport.QueueName(f.tenant)
+			eventually(t, 20*time.Second, fmt.Sprintf("%d messages ready", total-tc.want), func() bool {
+				return f.queueDepth(queue) == total-tc.want
+			})
+			time.Sleep(300 * time.Millisecond)
+			require.Equal(t, total-tc.want, f.queueDepth(queue), "the tenant took more than its prefetch")
+
+			open.Do(func() { close(gate) })
+			f.waitCount(total, 30*time.Second)
+		})
+	}
+}

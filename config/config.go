@@ -74,6 +74,10 @@ type Config struct {
 	// BatchSize is the number of messages at which a worker flushes its
 	// batch, default 500.
 	BatchSize int
+	// Prefetch is the prefetch count of each tenant's consumer: how many
+	// deliveries the tenant may hold unacked. Default 0: two full batches
+	// per worker, at most 65535.
+	Prefetch int
 	// BatchTimeout is the longest a message waits in a worker's batch before
 	// the batch is flushed, default 20ms. A worker also flushes as soon as
 	// no more deliveries are waiting for it.
@@ -146,6 +150,7 @@ func settings() []setting {
 		{"default_worker_count", "DEFAULT_WORKER_COUNT", "worker_count of a tenant created without one", setInt(func(c *Config) *int { return &c.DefaultWorkerCount })},
 		{"max_worker_count", "MAX_WORKER_COUNT", "largest worker_count the API accepts", setInt(func(c *Config) *int { return &c.MaxWorkerCount })},
 		{"batch_size", "BATCH_SIZE", "messages per batch insert", setInt(func(c *Config) *int { return &c.BatchSize })},
+		{"prefetch", "PREFETCH", "deliveries each tenant may hold unacked (0 = two full batches per worker)", setInt(func(c *Config) *int { return &c.Prefetch })},
 		{"batch_timeout", "BATCH_TIMEOUT", "longest wait before a partial batch is flushed (duration, e.g. 20ms)", setDuration(func(c *Config) *time.Duration { return &c.BatchTimeout })},
 		{"shutdown_timeout", "SHUTDOWN_TIMEOUT", "graceful shutdown deadline (duration)", setDuration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"tenant_sync_interval", "TENANT_SYNC_INTERVAL", "how often the tenants table is reloaded (duration)", setDuration(func(c *Config) *time.Duration { return &c.TenantSyncInterval })},
@@ -344,6 +349,8 @@ func (c *Config) Validate() error {
 	check(c.DefaultWorkerCount >= 1 && c.DefaultWorkerCount <= c.MaxWorkerCount,
 		"DEFAULT_WORKER_COUNT is %d: it must be between 1 and MAX_WORKER_COUNT (%d)", c.DefaultWorkerCount, c.MaxWorkerCount)
 	check(c.BatchSize >= 1 && c.BatchSize <= 10000, "BATCH_SIZE is %d: it must be between 1 and 10000", c.BatchSize)
+	check(c.Prefetch >= 0 && c.Prefetch <= 65535,
+		"PREFETCH is %d: it must be 0 (two full batches per worker) or between 1 and 65535", c.Prefetch)
 	check(c.BatchTimeout > 0 && c.BatchTimeout <= time.Minute,
 		"BATCH_TIMEOUT is %s: it must be more than 0 and at most 1m", c.BatchTimeout)
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT is %s: it must be more than 0", c.ShutdownTimeout)

@@ -43,6 +43,7 @@ func TestLoadDefaults(t *testing.T) {
 	require.Equal(t, "info", c.LogLevel)
 	require.Equal(t, "json", c.LogFormat)
 	require.Equal(t, 2, c.GroupCommit)
+	require.Zero(t, c.Prefetch, "0 derives the prefetch from the batch size and worker count")
 }
 
 func TestLoadSmallPoolWithDefaultGroupCommit(t *testing.T) {
@@ -55,7 +56,7 @@ func TestLoadSmallPoolWithDefaultGroupCommit(t *testing.T) {
 
 func TestLoadPrecedence(t *testing.T) {
 	t.Parallel()
-	file := writeFile(t, `{"http_addr": ":1111", "batch_size": 10, "log_level": "warn", "batch_timeout": "5ms"}`)
+	file := writeFile(t, `{"http_addr": ":1111", "batch_size": 10, "log_level": "warn", "batch_timeout": "5ms", "prefetch": 40}`)
 	c, err := config.Load(
 		[]string{"-config", file, "-http-addr", ":3333"},
 		env(map[string]string{"JWT_SECRET": secret, "HTTP_ADDR": ":2222", "BATCH_SIZE": "20"}),
@@ -65,6 +66,7 @@ func TestLoadPrecedence(t *testing.T) {
 	require.Equal(t, 20, c.BatchSize, "the environment wins over the file")
 	require.Equal(t, "warn", c.LogLevel, "the file wins over the defaults")
 	require.Equal(t, 5*time.Millisecond, c.BatchTimeout)
+	require.Equal(t, 40, c.Prefetch)
 }
 
 func TestLoadLegacyFile(t *testing.T) {
@@ -89,19 +91,22 @@ func TestLoadRejectsInvalidValues(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		"missing secret":      {env: map[string]string{}, want: "JWT_SECRET is not set"},
-		"short secret":        {env: map[string]string{"JWT_SECRET": "short"}, want: "at least 32"},
-		"non-numeric batch":   {env: map[string]string{"JWT_SECRET": secret, "BATCH_SIZE": "ten"}, want: "BATCH_SIZE"},
-		"zero batch":          {env: map[string]string{"JWT_SECRET": secret, "BATCH_SIZE": "0"}, want: "BATCH_SIZE is 0"},
-		"bad duration":        {env: map[string]string{"JWT_SECRET": secret, "SHUTDOWN_TIMEOUT": "30"}, want: "SHUTDOWN_TIMEOUT"},
-		"negative group":      {env: map[string]string{"JWT_SECRET": secret, "GROUP_COMMIT": "-1"}, want: "GROUP_COMMIT is -1"},
-		"huge group":          {env: map[string]string{"JWT_SECRET": secret, "GROUP_COMMIT": "1001"}, want: "GROUP_COMMIT is 1001"},
-		"default above max":   {env: map[string]string{"JWT_SECRET": secret, "DEFAULT_WORKER_COUNT": "65"}, want: "DEFAULT_WORKER_COUNT"},
-		"unknown level":       {env: map[string]string{"JWT_SECRET": secret, "LOG_LEVEL": "loud"}, want: "LOG_LEVEL"},
-		"unknown format":      {env: map[string]string{"JWT_SECRET": secret, "LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
-		"unknown flag":        {args: []string{"-nope"}, env: map[string]string{"JWT_SECRET": secret}, want: "-nope"},
-		"stray argument":      {args: []string{"extra"}, env: map[string]string{"JWT_SECRET": secret}, want: "unexpected argument"},
-		"missing config file": {args: []string{"-config", "/nonexistent/c.json"}, env: map[string]string{"JWT_SECRET": secret}, want: "read config file"},
+		"missing secret":       {env: map[string]string{}, want: "JWT_SECRET is not set"},
+		"short secret":         {env: map[string]string{"JWT_SECRET": "short"}, want: "at least 32"},
+		"non-numeric batch":    {env: map[string]string{"JWT_SECRET": secret, "BATCH_SIZE": "ten"}, want: "BATCH_SIZE"},
+		"zero batch":           {env: map[string]string{"JWT_SECRET": secret, "BATCH_SIZE": "0"}, want: "BATCH_SIZE is 0"},
+		"bad duration":         {env: map[string]string{"JWT_SECRET": secret, "SHUTDOWN_TIMEOUT": "30"}, want: "SHUTDOWN_TIMEOUT"},
+		"negative group":       {env: map[string]string{"JWT_SECRET": secret, "GROUP_COMMIT": "-1"}, want: "GROUP_COMMIT is -1"},
+		"huge group":           {env: map[string]string{"JWT_SECRET": secret, "GROUP_COMMIT": "1001"}, want: "GROUP_COMMIT is 1001"},
+		"negative prefetch":    {env: map[string]string{"JWT_SECRET": secret, "PREFETCH": "-1"}, want: "PREFETCH is -1"},
+		"huge prefetch":        {env: map[string]string{"JWT_SECRET": secret, "PREFETCH": "65536"}, want: "PREFETCH is 65536"},
+		"non-numeric prefetch": {env: map[string]string{"JWT_SECRET": secret, "PREFETCH": "lots"}, want: "PREFETCH"},
+		"default above max":    {env: map[string]string{"JWT_SECRET": secret, "DEFAULT_WORKER_COUNT": "65"}, want: "DEFAULT_WORKER_COUNT"},
+		"unknown level":        {env: map[string]string{"JWT_SECRET": secret, "LOG_LEVEL": "loud"}, want: "LOG_LEVEL"},
+		"unknown format":       {env: map[string]string{"JWT_SECRET": secret, "LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
+		"unknown flag":         {args: []string{"-nope"}, env: map[string]string{"JWT_SECRET": secret}, want: "-nope"},
+		"stray argument":       {args: []string{"extra"}, env: map[string]string{"JWT_SECRET": secret}, want: "unexpected argument"},
+		"missing config file":  {args: []string{"-config", "/nonexistent/c.json"}, env: map[string]string{"JWT_SECRET": secret}, want: "read config file"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -187,7 +192,7 @@ func TestUsageListsEveryVariable(t *testing.T) {
 	t.Parallel()
 	u := config.Usage()
 	for _, v := range []string{"DATABASE_URL", "RABBITMQ_URL", "HTTP_ADDR", "JWT_SECRET", "DEFAULT_WORKER_COUNT",
-		"MAX_WORKER_COUNT", "BATCH_SIZE", "BATCH_TIMEOUT", "GROUP_COMMIT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL", "LOG_FORMAT"} {
+		"MAX_WORKER_COUNT", "BATCH_SIZE", "BATCH_TIMEOUT", "GROUP_COMMIT", "PREFETCH", "SHUTDOWN_TIMEOUT", "LOG_LEVEL", "LOG_FORMAT"} {
 		require.True(t, strings.Contains(u, v), "usage lacks %s", v)
 	}
 }

@@ -111,6 +111,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		Options: actors.Options{
 			BatchSize:       cfg.BatchSize,
 			BatchTimeout:    cfg.BatchTimeout,
+			Prefetch:        cfg.Prefetch,
 			MaxPayloadBytes: api.DefaultMaxPayloadBytes,
 			DrainTimeout:    cfg.ShutdownTimeout,
 		},
