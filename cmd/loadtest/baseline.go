@@ -16,15 +16,17 @@ import (
 // defaultBaselineWorkers matches the server's default worker_count.
 const defaultBaselineWorkers = 3
 
-// maxPrefetch matches the server's cap on a tenant's prefetch count.
-const maxPrefetch = 20000
+// maxPrefetch is the largest prefetch count that basic.qos carries, which
+// is also the server's cap.
+const maxPrefetch = 65535
 
 // baseline is a running bare consumer: what a baseline puts in place of the
 // server.
 type baseline struct {
 	c      *Config
 	ids    []string
-	broker *transport.Broker
+	broker *transport.Broker     // declares and deletes the queues, and consumes
+	extra  []*transport.Broker   // further consume connections of -connections
 	store  *persistence.Postgres // nil for the broker baseline
 	wg     sync.WaitGroup        // consumer goroutines
 	lost   chan error            // receives why a consumer ended early
@@ -91,6 +93,14 @@ func (b *baseline) connect(ctx context.Context) error {
 		return fmt.Errorf("connect to RabbitMQ: %w", err)
 	}
 	b.broker = broker
+	for i := 1; i < b.c.Connections; i++ {
+		extra, err := transport.Dial(ctx, transport.Config{URL: b.c.RabbitMQ,
+			ConnectionName: fmt.Sprintf("loadtest-baseline-%d", i)}, nil, transport.Hooks{})
+		if err != nil {
+			return fmt.Errorf("connect to RabbitMQ: %w", err)
+		}
+		b.extra = append(b.extra, extra)
+	}
 	if b.c.Baseline == baselineBroker {
 		return nil
 	}
@@ -110,7 +120,18 @@ func (b *baseline) close() {
 	if b.store != nil {
 		b.store.Close()
 	}
+	for _, extra := range b.extra {
+		_ = extra.Close()
+	}
 	_ = b.broker.Close()
+}
+
+// consumer returns the connection that consumes tenant i.
+func (b *baseline) consumer(i int) *transport.Broker {
+	if n := i % (len(b.extra) + 1); n > 0 {
+		return b.extra[n-1]
+	}
+	return b.broker
 }
 
 // createTenants creates each tenant's partition (unless the baseline needs
@@ -162,11 +183,17 @@ func (b *baseline) workers() int {
 func (b *baseline) start(ctx context.Context, env *runEnv) (rowSource, error) {
 	var handler func(ctx context.Context, tenant int, deliveries <-chan amqp.Delivery)
 	prefetch := min(b.workers()*b.c.BatchSize, maxPrefetch)
+	if b.c.Prefetch > 0 {
+		prefetch = b.c.Prefetch
+	}
 	goroutines := b.workers()
 	var src rowSource
 	switch b.c.Baseline {
 	case baselineNaive:
-		handler, prefetch, goroutines = b.consumeNaive, 1, 1
+		handler, goroutines = b.consumeNaive, 1
+		if b.c.Prefetch == 0 {
+			prefetch = 1
+		}
 	case baselineBatch:
 		handler = b.consumeBatches
 	case baselineBroker:
@@ -180,7 +207,7 @@ func (b *baseline) start(ctx context.Context, env *runEnv) (rowSource, error) {
 	}
 
 	for i, id := range b.ids {
-		cons, err := b.broker.Consume(ctx, id, prefetch)
+		cons, err := b.consumer(i).Consume(ctx, id, prefetch)
 		if err != nil {
 			return nil, err
 		}

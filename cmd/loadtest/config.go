@@ -65,6 +65,8 @@ type Config struct {
 	TenantPrefix string        // tenant ids are <prefix>-<index>
 	Phase        string        // phaseAll, phaseSetup, phasePublish or phaseVerify
 	Backlog      bool          // baselines: publish everything before the consumers start
+	Prefetch     int           // baselines: prefetch count of each consumer; 0 means the default
+	Connections  int           // baselines: consume connections the tenants' channels are spread over
 	CPUProfile   string        // write a CPU profile of the harness to this file
 }
 
@@ -129,6 +131,9 @@ func newFlagSet(c *Config, getenv func(string) string, output io.Writer) *flag.F
 	fs.StringVar(&c.Phase, "phase", phaseAll, "all, or one step: setup (create tenants), publish (to existing tenants), verify (wait, check, delete)")
 	fs.BoolVar(&c.Backlog, "backlog", false,
 		"baselines: publish every message before the consumers start, so stored_per_second is the drain rate of a backlog")
+	fs.IntVar(&c.Prefetch, "prefetch", 0,
+		"baselines: prefetch count of each tenant's consumer (default workers × -batch-size, 1 for naive)")
+	fs.IntVar(&c.Connections, "connections", 1, "baselines: consume connections, each tenant's channel on connection index mod N")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (harness and baseline consumers) to `FILE`")
 	return fs
 }
@@ -229,8 +234,13 @@ func (c *Config) validateMode() error {
 
 	switch c.Baseline {
 	case baselineNone:
-		if c.Backlog {
+		switch {
+		case c.Backlog:
 			return errors.New("-backlog is for baselines: against the server, publish with -phase publish while it is stopped")
+		case c.Prefetch != 0:
+			return errors.New("-prefetch is for baselines: set the server's PREFETCH instead")
+		case c.Connections != 1:
+			return errors.New("-connections is for baselines: the server has one consume connection")
 		}
 		return nil
 	case baselineNaive, baselineBatch:
@@ -252,6 +262,10 @@ func (c *Config) validateMode() error {
 		return fmt.Errorf("invalid -batch-size %d: must be between 1 and 10000", c.BatchSize)
 	case c.BatchTimeout <= 0:
 		return fmt.Errorf("invalid -batch-timeout %s: must be positive", c.BatchTimeout)
+	case c.Prefetch < 0 || c.Prefetch > maxPrefetch:
+		return fmt.Errorf("invalid -prefetch %d: must be 0 (the default) or between 1 and %d", c.Prefetch, maxPrefetch)
+	case c.Connections < 1 || c.Connections > c.Tenants:
+		return fmt.Errorf("invalid -connections %d: must be between 1 and -tenants (%d)", c.Connections, c.Tenants)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/go-messaging-system/messaging/internal/testenv"
+	"github.com/go-messaging-system/messaging/transport"
 )
 
 // serverBinary is the server that TestMain builds once.
@@ -286,6 +287,24 @@ func TestBrokerBaselineDrainsBacklog(t *testing.T) {
 	publishMS := rep.PublishSeconds * 1000
 	require.GreaterOrEqual(t, rep.LatencyMS.Max, 0.9*publishMS, "the first message was consumed before publishing ended")
 	require.GreaterOrEqual(t, rep.LatencyMS.P50, 0.4*publishMS, "half the messages were consumed while publishing")
+}
+
+func TestBrokerBaselineOverSeveralConnections(t *testing.T) {
+	t.Parallel()
+	code, rep := runHarness(t, "-baseline", "broker", "-messages", "300", "-tenants", "3",
+		"-connections", "3", "-prefetch", "2", "-tenant-prefix", "lt-conns-"+testenv.RandomSuffix())
+	require.Equal(t, 0, code)
+	requireExactlyOnce(t, rep, 300, 3)
+}
+
+func TestBaselineSpreadsTenantsOverConnections(t *testing.T) {
+	t.Parallel()
+	first, second, third := new(transport.Broker), new(transport.Broker), new(transport.Broker)
+	b := &baseline{broker: first, extra: []*transport.Broker{second, third}}
+	for tenant, want := range []*transport.Broker{first, second, third, first, second} {
+		require.Same(t, want, b.consumer(tenant), "tenant %d", tenant)
+	}
+	require.Same(t, first, (&baseline{broker: first}).consumer(4), "one connection takes every tenant")
 }
 
 func TestProgressOnlyOnTerminals(t *testing.T) {
