@@ -141,9 +141,9 @@ func TestDevSecretPersists(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sub", "secret")
 	c, err := config.Load([]string{"-dev"}, env(map[string]string{"DEV_SECRET_FILE": path}), discard())
 	require.NoError(t, err)
-	created, err := c.EnsureDevSecret()
+	source, err := c.EnsureDevSecret()
 	require.NoError(t, err)
-	require.True(t, created)
+	require.Equal(t, config.DevSecretCreated, source)
 	require.GreaterOrEqual(t, len(c.JWTSecret), config.MinJWTSecretBytes)
 	info, err := os.Stat(path)
 	require.NoError(t, err)
@@ -151,9 +151,15 @@ func TestDevSecretPersists(t *testing.T) {
 
 	again, err := config.Load([]string{"-dev"}, env(map[string]string{"DEV_SECRET_FILE": path}), discard())
 	require.NoError(t, err)
-	_, err = again.EnsureDevSecret()
+	source, err = again.EnsureDevSecret()
 	require.NoError(t, err)
+	require.Equal(t, config.DevSecretRead, source)
 	require.Equal(t, c.JWTSecret, again.JWTSecret, "a second run reuses the kept secret")
+
+	again.JWTSecret = "set-by-the-environment-and-at-least-32-bytes"
+	source, err = again.EnsureDevSecret()
+	require.NoError(t, err)
+	require.Equal(t, config.DevSecretUnused, source, "JWT_SECRET wins over -dev")
 }
 
 func TestDevSecretRejectsShortFile(t *testing.T) {

@@ -23,46 +23,60 @@ func (c *Config) DevSecretPath() (string, error) {
 	return filepath.Join(dir, "messaging-server", "dev-jwt-secret"), nil
 }
 
+// DevSecret is the source of the secret that EnsureDevSecret filled in.
+type DevSecret int
+
+const (
+	// DevSecretUnused means JWTSecret was already set or Dev is off.
+	DevSecretUnused DevSecret = iota
+	// DevSecretRead means the secret was read from the file that an earlier
+	// run created.
+	DevSecretRead
+	// DevSecretCreated means no file existed, so a new secret was generated
+	// and kept. A server started earlier with another file has another
+	// secret.
+	DevSecretCreated
+)
+
 // EnsureDevSecret fills JWTSecret in development mode: it reads the secret
 // kept by an earlier run, or creates a random one and keeps it with mode
 // 0600, so tokens minted by the token command stay valid across restarts.
-// It returns whether it set the secret. It does nothing when JWTSecret is
-// already set or Dev is off.
-func (c *Config) EnsureDevSecret() (bool, error) {
+// It does nothing when JWTSecret is already set or Dev is off.
+func (c *Config) EnsureDevSecret() (DevSecret, error) {
 	if c.JWTSecret != "" || !c.Dev {
-		return false, nil
+		return DevSecretUnused, nil
 	}
 	path, err := c.DevSecretPath()
 	if err != nil {
-		return false, err
+		return DevSecretUnused, err
 	}
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
 		secret := strings.TrimSpace(string(data))
 		if len(secret) < MinJWTSecretBytes {
-			return false, fmt.Errorf("development secret in %s is shorter than %d bytes: delete the file to generate a new one",
+			return DevSecretUnused, fmt.Errorf("development secret in %s is shorter than %d bytes: delete the file to generate a new one",
 				path, MinJWTSecretBytes)
 		}
 		c.JWTSecret = secret
-		return true, nil
+		return DevSecretRead, nil
 	case !errors.Is(err, fs.ErrNotExist):
-		return false, fmt.Errorf("read development secret: %w", err)
+		return DevSecretUnused, fmt.Errorf("read development secret: %w", err)
 	}
 
 	buf := make([]byte, 32)
 	if _, err := rand.Read(buf); err != nil {
-		return false, fmt.Errorf("generate development secret: %w", err)
+		return DevSecretUnused, fmt.Errorf("generate development secret: %w", err)
 	}
 	secret := hex.EncodeToString(buf)
 	if err := writeOnce(path, secret+"\n"); errors.Is(err, fs.ErrExist) {
 		// Another process created it first: use that one.
 		return c.EnsureDevSecret()
 	} else if err != nil {
-		return false, err
+		return DevSecretUnused, err
 	}
 	c.JWTSecret = secret
-	return true, nil
+	return DevSecretCreated, nil
 }
 
 // writeOnce creates path with content and mode 0600 unless it exists, in

@@ -24,21 +24,31 @@ import (
 	"github.com/go-messaging-system/messaging/transport"
 )
 
-// loadConfig reads the configuration and builds the logger. warnDev logs
-// that a development secret is in use; the token command leaves it off.
-func loadConfig(args []string, getenv func(string) string, stderr io.Writer,
-	warnDev bool) (config.Config, *slog.Logger, error) {
+// loadConfig reads the configuration, fills in the development secret
+// under -dev and builds the logger. It reports where the secret came from.
+func loadConfig(args []string, getenv func(string) string,
+	stderr io.Writer) (config.Config, config.DevSecret, *slog.Logger, error) {
 	bootLogger := slog.New(slog.NewJSONHandler(stderr, nil))
 	cfg, err := config.Load(args, getenv, bootLogger)
 	if err != nil {
-		return cfg, nil, usageError{err}
+		return cfg, config.DevSecretUnused, nil, usageError{err}
 	}
 	logger := cfg.NewLogger(stderr)
-	created, err := cfg.EnsureDevSecret()
+	source, err := cfg.EnsureDevSecret()
+	if err != nil {
+		return cfg, config.DevSecretUnused, nil, err
+	}
+	return cfg, source, logger, nil
+}
+
+// loadServerConfig is loadConfig for the commands that run against the
+// services, which log that a development secret is in use.
+func loadServerConfig(args []string, getenv func(string) string, stderr io.Writer) (config.Config, *slog.Logger, error) {
+	cfg, source, logger, err := loadConfig(args, getenv, stderr)
 	if err != nil {
 		return cfg, nil, err
 	}
-	if created && warnDev {
+	if source != config.DevSecretUnused {
 		path, _ := cfg.DevSecretPath()
 		logger.Warn("development mode: using a local JWT secret; set JWT_SECRET in production", "secret_file", path)
 	}
@@ -46,7 +56,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer,
 }
 
 func migrate(args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, logger, err := loadConfig(args, getenv, stderr, true)
+	cfg, logger, err := loadServerConfig(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
@@ -67,7 +77,7 @@ func migrate(args []string, getenv func(string) string, stderr io.Writer) error 
 // serve runs the server until ctx is cancelled (SIGINT or SIGTERM), then
 // shuts down gracefully within ShutdownTimeout.
 func serve(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, logger, err := loadConfig(args, getenv, stderr, true)
+	cfg, logger, err := loadServerConfig(args, getenv, stderr)
 	if err != nil {
 		return err
 	}

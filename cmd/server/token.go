@@ -10,6 +10,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/go-messaging-system/messaging/api"
+	"github.com/go-messaging-system/messaging/config"
 	"github.com/go-messaging-system/messaging/persistence"
 )
 
@@ -43,9 +44,17 @@ func printToken(args []string, getenv func(string) string, stdout, stderr io.Wri
 		return usageError{fmt.Errorf("token: -role must be admin or tenant, got %q", *role)}
 	}
 
-	cfg, _, err := loadConfig(rest, getenv, stderr, false)
+	cfg, source, _, err := loadConfig(rest, getenv, stderr)
 	if err != nil {
 		return err
+	}
+	if source == config.DevSecretCreated {
+		// A server already running with -dev reads its secret from its own
+		// file, so a token from this new one would fail there with 401.
+		path, _ := cfg.DevSecretPath()
+		fmt.Fprintf(stderr, "token: no development secret was kept in %s, so a new one was created there; "+
+			"a server started with -dev before now uses another file and rejects this token: "+
+			"give both the same DEV_SECRET_FILE (or XDG_CONFIG_HOME), or set JWT_SECRET\n", path)
 	}
 	if cfg.JWTSecret == "" {
 		return usageError{fmt.Errorf("token: this command signs HS256 tokens only: set JWT_SECRET or pass -dev " +
