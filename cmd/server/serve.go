@@ -83,7 +83,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	}
 	logger.Info("server: starting", "http_addr", cfg.HTTPAddr, "batch_size", cfg.BatchSize,
 		"batch_timeout", cfg.BatchTimeout, "default_worker_count", cfg.DefaultWorkerCount,
-		"database_max_conns", cfg.DatabaseMaxConns, "group_commit", cfg.GroupCommit)
+		"database_max_conns", cfg.DatabaseMaxConns, "group_commit", cfg.GroupCommit, "prefetch", cfg.Prefetch)
 	apiCfg, err := apiConfig(cfg, logger)
 	if err != nil {
 		return err
