@@ -36,10 +36,10 @@ type baseline struct {
 // same publishers and the same verification as against the server.
 func runBaseline(ctx context.Context, c *Config, env *runEnv) (*Report, error) {
 	b := &baseline{c: c, ids: c.tenantIDs(), lost: make(chan error, 1)}
+	defer b.close() // also what a failed connect opened
 	if err := b.connect(ctx); err != nil {
 		return nil, err
 	}
-	defer b.close()
 
 	rep := &Report{Mode: c.Baseline, Via: viaAMQP, Phase: phaseAll, PayloadBytes: c.PayloadBytes, Rate: c.Rate}
 	started := time.Now()
@@ -123,7 +123,9 @@ func (b *baseline) close() {
 	for _, extra := range b.extra {
 		_ = extra.Close()
 	}
-	_ = b.broker.Close()
+	if b.broker != nil {
+		_ = b.broker.Close()
+	}
 }
 
 // consumer returns the connection that consumes tenant i.

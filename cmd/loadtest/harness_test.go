@@ -297,6 +297,16 @@ func TestBrokerBaselineOverSeveralConnections(t *testing.T) {
 	requireExactlyOnce(t, rep, 300, 3)
 }
 
+func TestBaselineClosesConnectionsWhenDatabaseFails(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on port 1. TestMain's leak check fails the package if
+	// the broker connections dialled before the database stay open.
+	code, rep := runHarness(t, "-baseline", "batch", "-messages", "10", "-tenants", "2", "-connections", "2",
+		"-database-url", "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=5")
+	require.Equal(t, 1, code, "the run fails")
+	require.Zero(t, rep.Published, "nothing is published without a database")
+}
+
 func TestBaselineSpreadsTenantsOverConnections(t *testing.T) {
 	t.Parallel()
 	first, second, third := new(transport.Broker), new(transport.Broker), new(transport.Broker)
