@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"os"
@@ -209,4 +210,16 @@ func TestLoggerWritesDurationsAsText(t *testing.T) {
 	var buf strings.Builder
 	c.NewLogger(&buf).Info("x", "wait", 1500*time.Millisecond)
 	require.Contains(t, buf.String(), `"wait":"1.5s"`)
+}
+
+func TestExampleFileHoldsTheDefaults(t *testing.T) {
+	t.Parallel()
+	var log bytes.Buffer
+	c, err := config.Load([]string{"-config", "config.example.json"}, env(map[string]string{"JWT_SECRET": secret}),
+		slog.New(slog.NewTextHandler(&log, nil)))
+	require.NoError(t, err)
+	require.Empty(t, log.String(), "the example file has only known keys")
+	want, err := config.Load(nil, env(map[string]string{"JWT_SECRET": secret}), discard())
+	require.NoError(t, err)
+	require.Equal(t, want, c, "every key of the example file has its default value")
 }

@@ -123,16 +123,16 @@ func newFlagSet(c *Config, getenv func(string) string, output io.Writer) *flag.F
 	fs.BoolVar(&c.Keep, "keep", false, "keep the tenants (and their messages) after the run")
 	fs.BoolVar(&c.JSON, "json", false, "print the report as one JSON object")
 	fs.StringVar(&c.Baseline, "baseline", "", "run a baseline without the server: naive, batch or broker")
-	fs.IntVar(&c.BatchSize, "batch-size", envInt(getenv, "BATCH_SIZE", 500), "batch baseline: flush at this many messages (default $BATCH_SIZE or 500)")
+	fs.IntVar(&c.BatchSize, "batch-size", envInt(getenv, "BATCH_SIZE", 500), "batch baseline: flush at this many messages ($BATCH_SIZE sets the default)")
 	fs.DurationVar(&c.BatchTimeout, "batch-timeout", envDuration(getenv, "BATCH_TIMEOUT", 20*time.Millisecond),
-		"batch baseline: flush a partial batch after this long (default $BATCH_TIMEOUT or 20ms)")
+		"batch baseline: flush a partial batch after this long ($BATCH_TIMEOUT sets the default)")
 	fs.DurationVar(&c.Timeout, "timeout", 2*time.Minute, "maximum wait, after publishing, for every message to be stored")
 	fs.StringVar(&c.TenantPrefix, "tenant-prefix", "", "tenant ids are `PREFIX`-0, PREFIX-1, ... (default lt-<random>)")
 	fs.StringVar(&c.Phase, "phase", phaseAll, "all, or one step: setup (create tenants), publish (to existing tenants), verify (wait, check, delete)")
 	fs.BoolVar(&c.Backlog, "backlog", false,
 		"baselines: publish every message before the consumers start, so stored_per_second is the drain rate of a backlog")
 	fs.IntVar(&c.Prefetch, "prefetch", 0,
-		"baselines: prefetch count of each tenant's consumer (default workers × -batch-size, 1 for naive)")
+		"baselines: prefetch count of each tenant's consumer (default workers × -batch-size, half the server's; 1 for naive)")
 	fs.IntVar(&c.Connections, "connections", 1, "baselines: consume connections, each tenant's channel on connection index mod N")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (harness and baseline consumers) to `FILE`")
 	return fs

@@ -83,7 +83,7 @@ func TestTokenCommandDevSecret(t *testing.T) {
 	vars := map[string]string{"DEV_SECRET_FILE": path}
 	code, first, errOut := runCmd(t, vars, "token", "-role", "admin", "-dev")
 	require.Equal(t, 0, code, errOut)
-	require.Contains(t, errOut, "a new one was created there", "the first run warns that it made a secret")
+	require.Contains(t, errOut, "created a new development secret", "the first run warns that it made a secret")
 	require.Contains(t, errOut, path)
 	code, second, errOut := runCmd(t, vars, "token", "-dev", "-role", "admin")
 	require.Equal(t, 0, code, errOut)

@@ -81,9 +81,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	if err != nil {
 		return err
 	}
+	// With PREFETCH unset, each tenant's prefetch is this many per worker.
+	prefetch := slog.Int("prefetch", cfg.Prefetch)
+	if cfg.Prefetch == 0 {
+		prefetch = slog.Int("prefetch_per_worker", 2*cfg.BatchSize)
+	}
 	logger.Info("server: starting", "http_addr", cfg.HTTPAddr, "batch_size", cfg.BatchSize,
 		"batch_timeout", cfg.BatchTimeout, "default_worker_count", cfg.DefaultWorkerCount,
-		"database_max_conns", cfg.DatabaseMaxConns, "group_commit", cfg.GroupCommit, "prefetch", cfg.Prefetch)
+		"database_max_conns", cfg.DatabaseMaxConns, "group_commit", cfg.GroupCommit, prefetch)
 	apiCfg, err := apiConfig(cfg, logger)
 	if err != nil {
 		return err

@@ -49,12 +49,13 @@ func printToken(args []string, getenv func(string) string, stdout, stderr io.Wri
 		return err
 	}
 	if source == config.DevSecretCreated {
-		// A server already running with -dev reads its secret from its own
-		// file, so a token from this new one would fail there with 401.
+		// A -dev server that is already running read another secret file,
+		// so it rejects a token signed with this new secret (401).
 		path, _ := cfg.DevSecretPath()
-		fmt.Fprintf(stderr, "token: no development secret was kept in %s, so a new one was created there; "+
-			"a server started with -dev before now uses another file and rejects this token: "+
-			"give both the same DEV_SECRET_FILE (or XDG_CONFIG_HOME), or set JWT_SECRET\n", path)
+		fmt.Fprintf(stderr, "token: created a new development secret in %s. Servers started from now on "+
+			"with the same settings accept this token; a -dev server that is already running uses another "+
+			"secret file and rejects it: give both the same DEV_SECRET_FILE (or XDG_CONFIG_HOME and HOME), "+
+			"or set JWT_SECRET\n", path)
 	}
 	if cfg.JWTSecret == "" {
 		return usageError{fmt.Errorf("token: this command signs HS256 tokens only: set JWT_SECRET or pass -dev " +
