@@ -223,3 +223,20 @@ func TestExampleFileHoldsTheDefaults(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, want, c, "every key of the example file has its default value")
 }
+
+func TestDevSecretRejectsDanglingSymlink(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "secret")
+	require.NoError(t, os.Symlink(filepath.Join(dir, "missing", "target"), path))
+	c := config.Default()
+	c.Dev, c.DevSecretFile = true, path
+
+	source, err := c.EnsureDevSecret()
+	require.ErrorContains(t, err, "symbolic link")
+	require.Equal(t, config.DevSecretUnused, source)
+	require.Empty(t, c.JWTSecret)
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "only the link is left: no temporary file")
+}

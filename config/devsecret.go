@@ -50,6 +50,24 @@ func (c *Config) EnsureDevSecret() (DevSecret, error) {
 	if err != nil {
 		return DevSecretUnused, err
 	}
+	source, err := c.readOrCreateDevSecret(path)
+	if errors.Is(err, fs.ErrExist) {
+		// Another process created the file first: use its secret.
+		source, err = c.readOrCreateDevSecret(path)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		// The name exists, yet reading it finds no file: a dangling
+		// symbolic link.
+		return DevSecretUnused, fmt.Errorf("development secret %s exists but cannot be read "+
+			"(is it a symbolic link to a missing file?): remove it or set DEV_SECRET_FILE", path)
+	}
+	return source, err
+}
+
+// readOrCreateDevSecret reads the secret in path, or creates it when path
+// does not exist. The error wraps fs.ErrExist when path appeared between
+// the two steps.
+func (c *Config) readOrCreateDevSecret(path string) (DevSecret, error) {
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
@@ -69,10 +87,7 @@ func (c *Config) EnsureDevSecret() (DevSecret, error) {
 		return DevSecretUnused, fmt.Errorf("generate development secret: %w", err)
 	}
 	secret := hex.EncodeToString(buf)
-	if err := writeOnce(path, secret+"\n"); errors.Is(err, fs.ErrExist) {
-		// Another process created it first: use that one.
-		return c.EnsureDevSecret()
-	} else if err != nil {
+	if err := writeOnce(path, secret+"\n"); err != nil {
 		return DevSecretUnused, err
 	}
 	c.JWTSecret = secret
