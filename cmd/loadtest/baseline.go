@@ -41,7 +41,9 @@ func runBaseline(ctx context.Context, c *Config, env *runEnv) (*Report, error) {
 		return nil, err
 	}
 
-	rep := &Report{Mode: c.Baseline, Via: viaAMQP, Phase: phaseAll, PayloadBytes: c.PayloadBytes, Rate: c.Rate}
+	prefetch, goroutines := b.consumers()
+	rep := &Report{Mode: c.Baseline, Via: viaAMQP, Phase: phaseAll, PayloadBytes: c.PayloadBytes, Rate: c.Rate,
+		Workers: goroutines, Prefetch: prefetch, Connections: c.Connections, Backlog: c.Backlog}
 	started := time.Now()
 	defer b.deleteTenants(env)
 	if err := b.createTenants(ctx); err != nil {
@@ -180,22 +182,28 @@ func (b *baseline) workers() int {
 	return defaultBaselineWorkers
 }
 
+// consumers returns the prefetch count of each tenant's consumer and the
+// number of goroutines that handle its deliveries.
+func (b *baseline) consumers() (prefetch, goroutines int) {
+	prefetch, goroutines = min(b.workers()*b.c.BatchSize, maxPrefetch), b.workers()
+	if b.c.Baseline == baselineNaive {
+		prefetch, goroutines = 1, 1
+	}
+	if b.c.Prefetch > 0 {
+		prefetch = b.c.Prefetch
+	}
+	return prefetch, goroutines
+}
+
 // start starts the consumers of b.c.Baseline and returns where their
 // results can be read.
 func (b *baseline) start(ctx context.Context, env *runEnv) (rowSource, error) {
 	var handler func(ctx context.Context, tenant int, deliveries <-chan amqp.Delivery)
-	prefetch := min(b.workers()*b.c.BatchSize, maxPrefetch)
-	if b.c.Prefetch > 0 {
-		prefetch = b.c.Prefetch
-	}
-	goroutines := b.workers()
+	prefetch, goroutines := b.consumers()
 	var src rowSource
 	switch b.c.Baseline {
 	case baselineNaive:
-		handler, goroutines = b.consumeNaive, 1
-		if b.c.Prefetch == 0 {
-			prefetch = 1
-		}
+		handler = b.consumeNaive
 	case baselineBatch:
 		handler = b.consumeBatches
 	case baselineBroker:

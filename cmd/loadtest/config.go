@@ -133,7 +133,7 @@ func newFlagSet(c *Config, getenv func(string) string, output io.Writer) *flag.F
 		"baselines: publish every message before the consumers start, so stored_per_second is the drain rate of a backlog")
 	fs.IntVar(&c.Prefetch, "prefetch", 0,
 		"baselines: prefetch count of each tenant's consumer (default workers × -batch-size, half the server's; 1 for naive)")
-	fs.IntVar(&c.Connections, "connections", 1, "baselines: consume connections, each tenant's channel on connection index mod N")
+	fs.IntVar(&c.Connections, "connections", 1, "baselines: consume connections, each tenant's channel on connection index mod N (each extra one also opens an idle publish connection)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (harness and baseline consumers) to `FILE`")
 	return fs
 }

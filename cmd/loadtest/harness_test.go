@@ -248,6 +248,8 @@ func TestBatchBaseline(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Equal(t, "batch", rep.Mode)
 	requireExactlyOnce(t, rep, 300, 2)
+	require.Equal(t, defaultBaselineWorkers*500, rep.Prefetch, "a full batch per goroutine")
+	require.Equal(t, 1, rep.Connections)
 }
 
 func TestUnroutableMessagesFailTheRun(t *testing.T) {
@@ -295,6 +297,9 @@ func TestBrokerBaselineOverSeveralConnections(t *testing.T) {
 		"-connections", "3", "-prefetch", "2", "-tenant-prefix", "lt-conns-"+testenv.RandomSuffix())
 	require.Equal(t, 0, code)
 	requireExactlyOnce(t, rep, 300, 3)
+	require.Equal(t, 2, rep.Prefetch, "the report names the prefetch")
+	require.Equal(t, 3, rep.Connections, "the report names the connections")
+	require.Equal(t, defaultBaselineWorkers, rep.Workers)
 }
 
 func TestBaselineClosesConnectionsWhenDatabaseFails(t *testing.T) {

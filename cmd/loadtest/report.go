@@ -39,6 +39,10 @@ type Report struct {
 	Phase          string  `json:"phase"`
 	PayloadBytes   int     `json:"payload_bytes"`
 	Rate           float64 `json:"rate"`
+	Workers        int     `json:"workers,omitempty"`     // worker_count, or the baseline's goroutines per tenant; 0 is the server's default
+	Prefetch       int     `json:"prefetch,omitempty"`    // baselines: each consumer's prefetch count
+	Connections    int     `json:"connections,omitempty"` // baselines: consume connections
+	Backlog        bool    `json:"backlog,omitempty"`     // baselines: consumers started after publishing
 	SetupSeconds   float64 `json:"setup_seconds"`
 	PublishSeconds float64 `json:"publish_seconds"`
 	StoreSeconds   float64 `json:"store_seconds"`
@@ -148,6 +152,10 @@ const maxTenantRows = 50
 func writeText(w io.Writer, r *Report) error {
 	fmt.Fprintf(w, "%s via %s, %d tenants, %d-byte payloads: setup %.2fs, publish %.2fs, stored after %.2fs\n",
 		r.Mode, r.Via, len(r.Tenants), r.PayloadBytes, r.SetupSeconds, r.PublishSeconds, r.StoreSeconds)
+	if r.Prefetch > 0 {
+		fmt.Fprintf(w, "baseline settings: %d workers per tenant, prefetch %d, %d consume connections, backlog %t\n",
+			r.Workers, r.Prefetch, r.Connections, r.Backlog)
+	}
 	if r.Error != "" {
 		fmt.Fprintf(w, "error: %s\n", r.Error)
 	}

@@ -33,7 +33,7 @@ func runServer(ctx context.Context, c *Config, env *runEnv) (*Report, error) {
 	defer a.close()
 
 	ids := c.tenantIDs()
-	rep := &Report{Mode: "server", Via: c.Via, Phase: c.Phase, PayloadBytes: c.PayloadBytes, Rate: c.Rate}
+	rep := &Report{Mode: "server", Via: c.Via, Phase: c.Phase, PayloadBytes: c.PayloadBytes, Rate: c.Rate, Workers: c.Workers}
 	if c.Phase == phaseAll || c.Phase == phaseSetup {
 		started := time.Now()
 		err := setupTenants(ctx, a, ids, c.Workers)
