@@ -16,6 +16,11 @@ import (
 // batch waiting behind large ones still goes into the next transaction.
 const maxGroupRows = 2000
 
+// maxDeferred bounds the batches that one committer goroutine holds back
+// for its next groups, because their tenants are already in the group it
+// is collecting.
+const maxDeferred = 256
+
 // groupLockTimeout bounds how long a shared transaction waits for a lock,
 // such as the row lock of a message id that another transaction is
 // inserting, or a lock that an operator holds on one tenant's partition.
@@ -30,7 +35,8 @@ var errRunAlone = errors.New("shared transaction failed")
 // committer runs the batches of InsertBatch in shared transactions (see
 // WithGroupCommit). Each of its goroutines takes the oldest waiting batch
 // and the other batches already waiting, at most one per tenant and up to
-// maxGroupRows rows. It sends them as one pipeline of insert statements,
+// maxGroupRows rows; it keeps the second batch of a tenant for its next
+// transaction. It sends them as one pipeline of insert statements,
 // which PostgreSQL runs as a single implicit transaction, so they cost one
 // round trip and one commit.
 //
@@ -128,14 +134,9 @@ func (g *committer) close() {
 }
 
 func (g *committer) loop() {
-	var (
-		group   []*insertRequest
-		next    *insertRequest // taken while collecting, for the next group
-		tenants = make(map[string]bool)
-	)
+	c := &collector{tenants: make(map[string]bool)}
 	for {
-		first := next
-		next = nil
+		first := c.takeDeferred()
 		if first == nil {
 			select {
 			case first = <-g.requests:
@@ -152,32 +153,75 @@ func (g *committer) loop() {
 				}
 			}
 		}
-
-		// A second batch of a tenant waits for the next group: two
-		// statements of one tenant in one transaction could take their
-		// locks in another order than a concurrent transaction does.
-		group = append(group[:0], first)
-		clear(tenants)
-		tenants[first.tenantID] = true
-		rows := len(first.b.ids)
-	collect:
-		for rows < maxGroupRows {
-			select {
-			case r := <-g.requests:
-				if tenants[r.tenantID] {
-					next = r
-					break collect
-				}
-				tenants[r.tenantID] = true
-				group = append(group, r)
-				rows += len(r.b.ids)
-			default:
-				break collect
-			}
-		}
+		group := c.collect(first, g.requests)
 		g.run(group)
 		clear(group) // let the batches be collected
 	}
+}
+
+// collector builds the groups of one committer goroutine.
+//
+// A second batch of a tenant waits for the next group: two statements of
+// one tenant in one transaction could take their locks in another order
+// than a concurrent transaction does. The batches of other tenants queued
+// behind it still join the group, so a busy tenant's queued batches do not
+// hold up the others.
+type collector struct {
+	group    []*insertRequest
+	deferred []*insertRequest // taken while collecting, for the next groups, oldest first
+	tenants  map[string]bool
+}
+
+// takeDeferred returns the oldest deferred request, or nil.
+func (c *collector) takeDeferred() *insertRequest {
+	if len(c.deferred) == 0 {
+		return nil
+	}
+	first := c.deferred[0]
+	c.deferred[0] = nil
+	c.deferred = c.deferred[1:]
+	return first
+}
+
+// collect returns the group that starts with first: the deferred requests
+// of other tenants, then the requests waiting in requests, at most one per
+// tenant and up to maxGroupRows rows. The group is valid until the next
+// call.
+func (c *collector) collect(first *insertRequest, requests <-chan *insertRequest) []*insertRequest {
+	c.group = append(c.group[:0], first)
+	clear(c.tenants)
+	c.tenants[first.tenantID] = true
+	rows := len(first.b.ids)
+
+	waiting := c.deferred[:0]
+	for _, r := range c.deferred {
+		if rows < maxGroupRows && !c.tenants[r.tenantID] {
+			c.tenants[r.tenantID] = true
+			c.group = append(c.group, r)
+			rows += len(r.b.ids)
+		} else {
+			waiting = append(waiting, r)
+		}
+	}
+	clear(c.deferred[len(waiting):])
+	c.deferred = waiting
+
+	for rows < maxGroupRows && len(c.deferred) < maxDeferred {
+		var r *insertRequest
+		select {
+		case r = <-requests:
+		default:
+			return c.group
+		}
+		if c.tenants[r.tenantID] {
+			c.deferred = append(c.deferred, r)
+			continue
+		}
+		c.tenants[r.tenantID] = true
+		c.group = append(c.group, r)
+		rows += len(r.b.ids)
+	}
+	return c.group
 }
 
 // run stores the batches of group in one transaction and responds to each

@@ -344,3 +344,57 @@ func TestGroupCommitConcurrentOverlappingBatches(t *testing.T) {
 		}
 	}
 }
+
+func TestCollectorSkipsPastDeferredBatches(t *testing.T) {
+	t.Parallel()
+	a1, a2, a3 := collectRequest("a", 1), collectRequest("a", 1), collectRequest("a", 1)
+	b1, b2, c1 := collectRequest("b", 1), collectRequest("b", 1), collectRequest("c", 1)
+	requests := queued(a2, b1, a3, c1, b2)
+	c := &collector{tenants: make(map[string]bool)}
+
+	require.Equal(t, []*insertRequest{a1, b1, c1}, c.collect(a1, requests),
+		"the batches of b and c join past the second batch of a")
+	first := c.takeDeferred()
+	require.Same(t, a2, first, "deferred batches come back oldest first")
+	require.Equal(t, []*insertRequest{a2, b2}, c.collect(first, requests),
+		"a deferred batch of another tenant joins the next group")
+	require.Same(t, a3, c.takeDeferred())
+	require.Nil(t, c.takeDeferred())
+	require.Empty(t, requests)
+}
+
+func TestCollectorBounds(t *testing.T) {
+	t.Parallel()
+	t.Run("rows", func(t *testing.T) {
+		t.Parallel()
+		big, small := collectRequest("a", maxGroupRows), collectRequest("b", 1)
+		requests := queued(small)
+		c := &collector{tenants: make(map[string]bool)}
+		require.Equal(t, []*insertRequest{big}, c.collect(big, requests))
+		require.Len(t, requests, 1, "a full group takes nothing more")
+	})
+	t.Run("deferred", func(t *testing.T) {
+		t.Parallel()
+		requests := make(chan *insertRequest, maxDeferred+5)
+		for range maxDeferred + 5 {
+			requests <- collectRequest("a", 1)
+		}
+		c := &collector{tenants: make(map[string]bool)}
+		require.Len(t, c.collect(collectRequest("a", 1), requests), 1)
+		require.Len(t, c.deferred, maxDeferred)
+		require.Len(t, requests, 5, "collecting stops once maxDeferred batches wait")
+	})
+}
+
+func collectRequest(tenantID string, rows int) *insertRequest {
+	return &insertRequest{tenantID: tenantID, b: &batch{ids: make([]string, rows)}}
+}
+
+// queued returns a channel that holds rs.
+func queued(rs ...*insertRequest) chan *insertRequest {
+	requests := make(chan *insertRequest, len(rs))
+	for _, r := range rs {
+		requests <- r
+	}
+	return requests
+}
