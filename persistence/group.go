@@ -25,8 +25,17 @@ const maxDeferred = 256
 // such as the row lock of a message id that another transaction is
 // inserting, or a lock that an operator holds on one tenant's partition.
 // Past it the transaction fails, and each batch is run again by its own
-// caller, where only that tenant waits.
+// caller. A batch on its own waits as long, and then InsertBatch fails with
+// a retryable error: a tenant with more workers than the pool has
+// connections would otherwise hold every connection while its partition
+// is locked.
 const groupLockTimeout = 200 * time.Millisecond
+
+// pgDuration formats d as a PostgreSQL setting in whole milliseconds, at
+// least 1.
+func pgDuration(d time.Duration) string {
+	return fmt.Sprintf("%dms", max(d.Milliseconds(), 1))
+}
 
 // errRunAlone is the response to a request whose shared transaction
 // failed: the caller runs its batch on its own.
@@ -69,7 +78,7 @@ type insertRequest struct {
 func newCommitter(p *Postgres, n int, lockTimeout time.Duration) *committer {
 	g := &committer{
 		p:           p,
-		lockTimeout: fmt.Sprintf("%dms", max(lockTimeout.Milliseconds(), 1)),
+		lockTimeout: pgDuration(lockTimeout),
 		requests:    make(chan *insertRequest, 1024),
 		quit:        make(chan struct{}),
 	}

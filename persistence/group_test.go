@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
 
@@ -44,6 +45,11 @@ func await(t *testing.T, done <-chan insertCall) insertCall {
 // withLockTimeout sets the lock_timeout of shared transactions.
 func withLockTimeout(d time.Duration) Option {
 	return func(s *settings) { s.lockTimeout = d }
+}
+
+// withAloneLockTimeout sets the lock_timeout of batches stored on their own.
+func withAloneLockTimeout(d time.Duration) Option {
+	return func(s *settings) { s.aloneLockTimeout = d }
 }
 
 // holdCommitter makes the only committer of a store opened with
@@ -225,7 +231,7 @@ func TestGroupCommitCloseRunsQueuedBatches(t *testing.T) {
 
 func TestGroupCommitLockWaitHoldsOnlyItsTenant(t *testing.T) {
 	t.Parallel()
-	store := setup(t, WithGroupCommit(1), WithMaxConns(6), withLockTimeout(time.Second))
+	store := setup(t, WithGroupCommit(1), WithMaxConns(6), withLockTimeout(time.Second), withAloneLockTimeout(time.Minute))
 	ctx := testContext(t)
 	holder := createTenant(t, store, "holder")
 	blocked := createTenant(t, store, "blocked")
@@ -397,4 +403,46 @@ func queued(rs ...*insertRequest) chan *insertRequest {
 		requests <- r
 	}
 	return requests
+}
+
+func TestLockedPartitionLeavesThePoolFree(t *testing.T) {
+	t.Parallel()
+	for _, group := range []int{0, 2} {
+		t.Run(fmt.Sprintf("group_commit=%d", group), func(t *testing.T) {
+			t.Parallel()
+			store := setup(t, WithMaxConns(2), WithGroupCommit(group))
+			locked := createTenant(t, store, "locked")
+			free := createTenant(t, store, "free")
+			release := lockPartition(t, store, locked.ID)
+			ctx := testContext(t)
+
+			// Three times as many callers as the pool has connections wait
+			// for the locked partition, as the workers of a busy tenant do.
+			calls := make([]<-chan insertCall, 6)
+			for i := range calls {
+				calls[i] = startInsert(ctx, store, locked.ID, messages(fmt.Sprintf("l%d", i), 2))
+			}
+			c := await(t, startInsert(ctx, store, free.ID, messages("f", 3)))
+			require.NoError(t, c.err, "another tenant stores while the partition is locked")
+			require.Equal(t, repeat(Inserted, 3), outcomes(c.results))
+			for _, call := range calls {
+				c := await(t, call)
+				require.Error(t, c.err, "the locked tenant's insert gives up")
+				require.Equal(t, "55P03", sqlState(c.err), "lock_not_available: %v", c.err)
+				require.True(t, IsRetryable(c.err))
+			}
+
+			release()
+			c = await(t, startInsert(ctx, store, locked.ID, messages("l0", 2)))
+			require.NoError(t, c.err)
+			require.Equal(t, repeat(Inserted, 2), outcomes(c.results), "the retry stores the batch")
+		})
+	}
+}
+
+// lockPartition holds an ACCESS EXCLUSIVE lock on the tenant's partition
+// from another connection until release is called or the test ends.
+func lockPartition(t *testing.T, store *Postgres, tenantID string) (release func()) {
+	t.Helper()
+	return holdInTransaction(t, store, "LOCK TABLE "+pgx.Identifier{partitionName(tenantID)}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
 }

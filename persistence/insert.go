@@ -125,7 +125,9 @@ func (b *batch) fill(results []Result) {
 // with savepoints, stores the others and reports the bad ones as Rejected.
 //
 // A message whose PublishedAt timestamptz cannot store is Rejected without
-// being sent. A non-nil error means nothing was committed, unless the
+// being sent. The batch waits at most 200 ms for a lock, such as one held
+// on the tenant's partition; past that the error is retryable
+// (lock_not_available). A non-nil error means nothing was committed, unless the
 // connection broke while a statement ran (see Store). The error wraps
 // ErrTenantNotFound when the tenant has no partition, ErrInvalidTenantID
 // when tenantID is not a valid id, and ctx.Err() when ctx ended first.
@@ -157,7 +159,7 @@ func (p *Postgres) InsertBatch(ctx context.Context, tenantID string, msgs []Mess
 // savepoints that finds and rejects them. It reports the commit to the
 // transaction observer.
 func (p *Postgres) insertAlone(ctx context.Context, tenantID string, b *batch) error {
-	err := insertRows(ctx, p.pool, tenantID, b, 0, len(b.ids))
+	err := p.insertPipeline(ctx, []*insertRequest{{tenantID: tenantID, b: b}}, p.lockTimeout)
 	if isRowError(err) && ctx.Err() == nil {
 		err = p.insertIsolated(ctx, tenantID, b, err)
 	}
@@ -208,6 +210,9 @@ func (p *Postgres) insertIsolated(ctx context.Context, tenantID string, b *batch
 		defer cancel()
 		_ = tx.Rollback(rollbackCtx)
 	}()
+	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", p.lockTimeout); err != nil {
+		return err
+	}
 
 	if err := isolate(ctx, tx, tenantID, b, 0, len(b.ids), batchErr); err != nil {
 		return err

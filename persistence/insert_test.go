@@ -373,14 +373,22 @@ func insertWithRetry(ctx context.Context, store *Postgres, tenantID string, msgs
 // waits for it. The returned function rolls the transaction back.
 func blockInsert(t *testing.T, store *Postgres, tenantID string) (release func()) {
 	t.Helper()
+	return holdInTransaction(t, store, `
+		INSERT INTO messages (tenant_id, message_id, payload, published_at)
+		VALUES ($1, 'blocker', '{}', now())`, tenantID)
+}
+
+// holdInTransaction runs sql in a transaction on a connection of its own
+// and keeps the transaction, with its locks, open until release is called
+// or the test ends.
+func holdInTransaction(t *testing.T, store *Postgres, sql string, args ...any) (release func()) {
+	t.Helper()
 	ctx := testContext(t)
 	conn, err := pgx.Connect(ctx, store.Pool().Config().ConnString())
 	require.NoError(t, err)
 	tx, err := conn.Begin(ctx)
 	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `
-		INSERT INTO messages (tenant_id, message_id, payload, published_at)
-		VALUES ($1, 'blocker', '{}', now())`, tenantID)
+	_, err = tx.Exec(ctx, sql, args...)
 	require.NoError(t, err)
 
 	var once sync.Once
@@ -505,7 +513,7 @@ func TestInsertBatchCancelledBeforeStart(t *testing.T) {
 
 func TestInsertBatchDeadlineIsNotRetryable(t *testing.T) {
 	t.Parallel()
-	store := setup(t)
+	store := setup(t, withAloneLockTimeout(time.Minute))
 	tenant := createTenant(t, store, "deadline")
 	blockInsert(t, store, tenant.ID)
 

@@ -25,6 +25,9 @@ type Postgres struct {
 	logger *slog.Logger
 	group  *committer        // nil when batches are not grouped
 	commit func(batches int) // called after each insert transaction commits; never nil
+	// lockTimeout is the lock_timeout of a batch stored on its own, so that
+	// a locked partition holds no pool connection for long.
+	lockTimeout string
 }
 
 var _ Store = (*Postgres)(nil)
@@ -37,6 +40,8 @@ type settings struct {
 	groupCommit int
 	observe     func(batches int)
 	lockTimeout time.Duration // lock_timeout of shared transactions
+	// aloneLockTimeout is the lock_timeout of a batch stored on its own.
+	aloneLockTimeout time.Duration
 }
 
 // WithMaxConns sets the maximum number of pooled connections. The default
@@ -87,7 +92,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("parsing database url: %w", err)
 	}
 	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnContextDone
-	set := settings{pool: cfg, lockTimeout: groupLockTimeout}
+	set := settings{pool: cfg, lockTimeout: groupLockTimeout, aloneLockTimeout: groupLockTimeout}
 	for _, opt := range opts {
 		opt(&set)
 	}
@@ -102,7 +107,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{pool: pool, logger: logger, commit: set.observe}
+	p := &Postgres{pool: pool, logger: logger, commit: set.observe, lockTimeout: pgDuration(set.aloneLockTimeout)}
 	if p.commit == nil {
 		p.commit = func(int) {}
 	}
