@@ -65,6 +65,10 @@ type committer struct {
 
 	mu     sync.RWMutex // held for reading while a request is queued
 	closed bool
+
+	lockedMu    sync.Mutex
+	locked      map[string]time.Time // tenant to the end of its time out of shared transactions
+	lockedPause time.Duration
 }
 
 // insertRequest is one InsertBatch call waiting for a shared transaction.
@@ -75,12 +79,14 @@ type insertRequest struct {
 	done     chan error // buffered for the one response, so sending it never blocks
 }
 
-func newCommitter(p *Postgres, n int, lockTimeout time.Duration) *committer {
+func newCommitter(p *Postgres, n int, lockTimeout, lockedPause time.Duration) *committer {
 	g := &committer{
 		p:           p,
 		lockTimeout: pgDuration(lockTimeout),
 		requests:    make(chan *insertRequest, 1024),
 		quit:        make(chan struct{}),
+		locked:      make(map[string]time.Time),
+		lockedPause: lockedPause,
 	}
 	for range n {
 		g.wg.Go(g.loop)
@@ -92,6 +98,9 @@ func newCommitter(p *Postgres, n int, lockTimeout time.Duration) *committer {
 // fails or the committer is closed, and returns when its outcome is known
 // or ctx ends.
 func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error {
+	if g.isLocked(tenantID) {
+		return g.p.insertAlone(ctx, tenantID, b)
+	}
 	r := &insertRequest{ctx: ctx, tenantID: tenantID, b: b, done: make(chan error, 1)}
 	if !g.enqueue(ctx, r) {
 		if err := ctx.Err(); err != nil {
@@ -110,6 +119,31 @@ func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error
 		// which the caller no longer reads.
 		return ctx.Err()
 	}
+}
+
+// lockedPause is how long a tenant's batches are stored on their own after
+// its statement hit the lock timeout of a shared transaction. A lock held
+// on its partition then fails no further shared transactions of other
+// tenants.
+const lockedPause = 2 * time.Second
+
+// isLocked reports whether tenantID's batches are kept out of shared
+// transactions for now.
+func (g *committer) isLocked(tenantID string) bool {
+	g.lockedMu.Lock()
+	defer g.lockedMu.Unlock()
+	until, ok := g.locked[tenantID]
+	if ok && time.Now().After(until) {
+		delete(g.locked, tenantID)
+		return false
+	}
+	return ok
+}
+
+func (g *committer) markLocked(tenantID string) {
+	g.lockedMu.Lock()
+	defer g.lockedMu.Unlock()
+	g.locked[tenantID] = time.Now().Add(g.lockedPause)
 }
 
 // enqueue queues r and reports whether it did. It does not queue r once
@@ -257,7 +291,10 @@ func (g *committer) run(group []*insertRequest) {
 		defer stop()
 	}
 
-	err := g.insertGroup(ctx, live)
+	failed, err := g.insertGroup(ctx, live)
+	if failed != "" && sqlState(err) == "55P03" { // lock_not_available
+		g.markLocked(failed)
+	}
 	if err == nil {
 		g.p.commit(len(live))
 		for _, r := range live {
@@ -295,7 +332,7 @@ func (g *committer) logFailure(group []*insertRequest, err error) {
 
 // insertGroup runs insertPipeline and turns a panic in it into an error,
 // so that a committer goroutine never takes the process down.
-func (g *committer) insertGroup(ctx context.Context, group []*insertRequest) (err error) {
+func (g *committer) insertGroup(ctx context.Context, group []*insertRequest) (failed string, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("shared insert transaction panicked: %v", v)
@@ -310,8 +347,9 @@ func (g *committer) insertGroup(ctx context.Context, group []*insertRequest) (er
 // transaction that commits only if every statement succeeds. The requests
 // are of different tenants and run in tenant order, and each statement
 // inserts in message id order, so concurrent shared transactions take
-// their unique-index locks in the same order.
-func (p *Postgres) insertPipeline(ctx context.Context, group []*insertRequest, lockTimeout string) error {
+// their unique-index locks in the same order. On failure it also returns
+// the tenant whose statement failed, if it was one of them.
+func (p *Postgres) insertPipeline(ctx context.Context, group []*insertRequest, lockTimeout string) (failed string, err error) {
 	slices.SortStableFunc(group, func(a, b *insertRequest) int {
 		return strings.Compare(a.tenantID, b.tenantID)
 	})
@@ -324,7 +362,7 @@ func (p *Postgres) insertPipeline(ctx context.Context, group []*insertRequest, l
 	results := p.pool.SendBatch(ctx, &pipeline)
 	if _, err := results.Exec(); err != nil {
 		_ = results.Close()
-		return err
+		return "", err
 	}
 	for _, r := range group {
 		rows, err := results.Query()
@@ -333,8 +371,8 @@ func (p *Postgres) insertPipeline(ctx context.Context, group []*insertRequest, l
 		}
 		if err != nil {
 			_ = results.Close()
-			return err
+			return r.tenantID, err
 		}
 	}
-	return results.Close()
+	return "", results.Close()
 }

@@ -3,6 +3,7 @@ package persistence
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+
+	"github.com/go-messaging-system/messaging/internal/testenv"
 )
 
 // insertCall is the outcome of an InsertBatch run in the background.
@@ -45,6 +48,12 @@ func await(t *testing.T, done <-chan insertCall) insertCall {
 // withLockTimeout sets the lock_timeout of shared transactions.
 func withLockTimeout(d time.Duration) Option {
 	return func(s *settings) { s.lockTimeout = d }
+}
+
+// withLockedPause sets how long a tenant whose batch hit the lock timeout
+// of a shared transaction stays out of them.
+func withLockedPause(d time.Duration) Option {
+	return func(s *settings) { s.lockedPause = d }
 }
 
 // withAloneLockTimeout sets the lock_timeout of batches stored on their own.
@@ -445,4 +454,60 @@ func TestLockedPartitionLeavesThePoolFree(t *testing.T) {
 func lockPartition(t *testing.T, store *Postgres, tenantID string) (release func()) {
 	t.Helper()
 	return holdInTransaction(t, store, "LOCK TABLE "+pgx.Identifier{partitionName(tenantID)}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+}
+
+func TestGroupCommitLockedTenantRunsAlone(t *testing.T) {
+	t.Parallel()
+	var warnings atomic.Int64
+	logger := slog.New(countingHandler{level: slog.LevelWarn, count: &warnings})
+	store, err := Open(testContext(t), testenv.NewDatabase(t), logger, WithGroupCommit(1), WithMaxConns(4),
+		withLockedPause(time.Minute))
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	require.NoError(t, store.Migrate(testContext(t)))
+	locked := createTenant(t, store, "locked")
+	free := createTenant(t, store, "free")
+	lockPartition(t, store, locked.ID)
+	ctx := testContext(t)
+
+	c := await(t, startInsert(ctx, store, locked.ID, messages("a", 2)))
+	require.Equal(t, "55P03", sqlState(c.err), "lock_not_available: %v", c.err)
+	require.Equal(t, int64(1), warnings.Load(), "the shared transaction failed on the lock once")
+
+	// For the pause the tenant's batches skip shared transactions, so the
+	// lock fails no further one, and the other tenant stores at once.
+	for i := range 3 {
+		lockedCall := startInsert(ctx, store, locked.ID, messages(fmt.Sprintf("b%d", i), 2))
+		c := await(t, startInsert(ctx, store, free.ID, messages(fmt.Sprintf("f%d", i), 2)))
+		require.NoError(t, c.err)
+		c = await(t, lockedCall)
+		require.Equal(t, "55P03", sqlState(c.err), "lock_not_available: %v", c.err)
+	}
+	require.Equal(t, int64(1), warnings.Load(), "no later shared transaction waited for the lock")
+}
+
+// countingHandler counts the log records at or above level.
+type countingHandler struct {
+	level slog.Level
+	count *atomic.Int64
+}
+
+func (h countingHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level }
+func (h countingHandler) Handle(context.Context, slog.Record) error {
+	h.count.Add(1)
+	return nil
+}
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }
+
+func TestLockedPauseEnds(t *testing.T) {
+	t.Parallel()
+	g := &committer{locked: make(map[string]time.Time), lockedPause: 20 * time.Millisecond}
+	require.False(t, g.isLocked("a"))
+	g.markLocked("a")
+	require.True(t, g.isLocked("a"))
+	require.False(t, g.isLocked("b"), "the pause is per tenant")
+	time.Sleep(40 * time.Millisecond)
+	require.False(t, g.isLocked("a"), "shared transactions take the tenant again after the pause")
+	require.Empty(t, g.locked, "an ended pause is forgotten")
 }

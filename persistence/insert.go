@@ -159,7 +159,7 @@ func (p *Postgres) InsertBatch(ctx context.Context, tenantID string, msgs []Mess
 // savepoints that finds and rejects them. It reports the commit to the
 // transaction observer.
 func (p *Postgres) insertAlone(ctx context.Context, tenantID string, b *batch) error {
-	err := p.insertPipeline(ctx, []*insertRequest{{tenantID: tenantID, b: b}}, p.lockTimeout)
+	_, err := p.insertPipeline(ctx, []*insertRequest{{tenantID: tenantID, b: b}}, p.lockTimeout)
 	if isRowError(err) && ctx.Err() == nil {
 		err = p.insertIsolated(ctx, tenantID, b, err)
 	}

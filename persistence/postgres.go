@@ -42,6 +42,7 @@ type settings struct {
 	lockTimeout time.Duration // lock_timeout of shared transactions
 	// aloneLockTimeout is the lock_timeout of a batch stored on its own.
 	aloneLockTimeout time.Duration
+	lockedPause      time.Duration // see lockedPause
 }
 
 // WithMaxConns sets the maximum number of pooled connections. The default
@@ -92,7 +93,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("parsing database url: %w", err)
 	}
 	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnContextDone
-	set := settings{pool: cfg, lockTimeout: groupLockTimeout, aloneLockTimeout: groupLockTimeout}
+	set := settings{pool: cfg, lockTimeout: groupLockTimeout, aloneLockTimeout: groupLockTimeout, lockedPause: lockedPause}
 	for _, opt := range opts {
 		opt(&set)
 	}
@@ -112,7 +113,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		p.commit = func(int) {}
 	}
 	if set.groupCommit > 0 {
-		p.group = newCommitter(p, set.groupCommit, set.lockTimeout)
+		p.group = newCommitter(p, set.groupCommit, set.lockTimeout, set.lockedPause)
 	}
 	return p, nil
 }
