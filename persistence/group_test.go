@@ -422,7 +422,7 @@ func TestLockedPartitionLeavesThePoolFree(t *testing.T) {
 			store := setup(t, WithMaxConns(2), WithGroupCommit(group))
 			locked := createTenant(t, store, "locked")
 			free := createTenant(t, store, "free")
-			release := lockPartition(t, store, locked.ID)
+			release := holdPartitionLock(t, store, locked.ID)
 			ctx := testContext(t)
 
 			// Three times as many callers as the pool has connections wait
@@ -449,9 +449,9 @@ func TestLockedPartitionLeavesThePoolFree(t *testing.T) {
 	}
 }
 
-// lockPartition holds an ACCESS EXCLUSIVE lock on the tenant's partition
+// holdPartitionLock holds an ACCESS EXCLUSIVE lock on the tenant's partition
 // from another connection until release is called or the test ends.
-func lockPartition(t *testing.T, store *Postgres, tenantID string) (release func()) {
+func holdPartitionLock(t *testing.T, store *Postgres, tenantID string) (release func()) {
 	t.Helper()
 	return holdInTransaction(t, store, "LOCK TABLE "+pgx.Identifier{partitionName(tenantID)}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
 }
@@ -467,7 +467,7 @@ func TestGroupCommitLockedTenantRunsAlone(t *testing.T) {
 	require.NoError(t, store.Migrate(testContext(t)))
 	locked := createTenant(t, store, "locked")
 	free := createTenant(t, store, "free")
-	lockPartition(t, store, locked.ID)
+	holdPartitionLock(t, store, locked.ID)
 	ctx := testContext(t)
 
 	c := await(t, startInsert(ctx, store, locked.ID, messages("a", 2)))

@@ -105,6 +105,24 @@ func lockMessages(ctx context.Context, tx pgx.Tx, mode string) error {
 	return nil
 }
 
+// lockPartition sets the transaction's lock_timeout and locks the
+// partition in ACCESS EXCLUSIVE mode, unless the partition does not exist.
+func lockPartition(ctx context.Context, tx pgx.Tx, partition string) error {
+	name := pgx.Identifier{partition}.Sanitize()
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", name).Scan(&exists); err != nil {
+		return fmt.Errorf("finding partition %s: %w", partition, err)
+	}
+	if !exists {
+		return nil
+	}
+	_, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'; LOCK TABLE "+name+" IN ACCESS EXCLUSIVE MODE")
+	if err != nil {
+		return fmt.Errorf("locking partition %s: %w", partition, err)
+	}
+	return nil
+}
+
 func createTenantTx(ctx context.Context, tx pgx.Tx, t *Tenant) error {
 	partition := partitionName(t.ID)
 	if err := lockMessages(ctx, tx, "SHARE UPDATE EXCLUSIVE"); err != nil {
@@ -194,6 +212,12 @@ func (p *Postgres) DeleteTenant(ctx context.Context, id string) error {
 			return ErrTenantNotFound
 		}
 		if err != nil {
+			return err
+		}
+		// The partition first: while this call waits for a lock that
+		// another session holds on it, messages is not locked yet, so the
+		// other tenants' inserts go on.
+		if err := lockPartition(ctx, tx, partition); err != nil {
 			return err
 		}
 		if err := lockMessages(ctx, tx, "ACCESS EXCLUSIVE"); err != nil {

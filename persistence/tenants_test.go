@@ -422,3 +422,47 @@ func TestDeleteTenantLockTimeout(t *testing.T) {
 	require.NoError(t, err, "the failed delete removed the tenant row")
 	require.NoError(t, store.DeleteTenant(ctx, tenant.ID))
 }
+
+func TestDeleteTenantWaitsForItsPartitionAlone(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithMaxConns(4))
+	victim := createTenant(t, store, "victim")
+	other := createTenant(t, store, "other")
+	release := holdPartitionLock(t, store, victim.ID)
+	ctx := testContext(t)
+
+	deleted := make(chan error, 1)
+	go func() { deleted <- store.DeleteTenant(ctx, victim.ID) }()
+	waitForLockWait(t, store, "%LOCK TABLE%")
+
+	// While the delete waits for the victim's partition, messages is not
+	// locked, so another tenant stores as usual.
+	results, err := store.InsertBatch(ctx, other.ID, messages("m", 3))
+	require.NoError(t, err, "an insert of another tenant during the delete")
+	require.Equal(t, repeat(Inserted, 3), outcomes(results))
+
+	release()
+	select {
+	case err := <-deleted:
+		require.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("DeleteTenant did not return within 15s of the lock's release")
+	}
+	_, err = store.GetTenant(ctx, victim.ID)
+	require.ErrorIs(t, err, ErrTenantNotFound)
+}
+
+// waitForLockWait waits until a session of the store's database waits
+// for a lock while running a query that matches the LIKE pattern.
+func waitForLockWait(t *testing.T, store *Postgres, pattern string) {
+	t.Helper()
+	ctx := testContext(t)
+	waitFor(t, 10*time.Second, "a query like "+pattern+" to wait for a lock", func() bool {
+		var waiting bool
+		err := store.Pool().QueryRow(ctx, `
+			SELECT count(*) > 0 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1`,
+			pattern).Scan(&waiting)
+		return err == nil && waiting
+	})
+}
