@@ -106,21 +106,24 @@ func lockMessages(ctx context.Context, tx pgx.Tx, mode string) error {
 }
 
 // lockPartition sets the transaction's lock_timeout and locks the
-// partition in ACCESS EXCLUSIVE mode, unless the partition does not exist.
+// partition in ACCESS EXCLUSIVE mode. A partition that does not exist, or
+// that a concurrent DeleteTenant dropped while this call waited for it, is
+// not an error. The lock runs under a savepoint, so that error leaves the
+// transaction usable.
 func lockPartition(ctx context.Context, tx pgx.Tx, partition string) error {
-	name := pgx.Identifier{partition}.Sanitize()
-	var exists bool
-	if err := tx.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", name).Scan(&exists); err != nil {
-		return fmt.Errorf("finding partition %s: %w", partition, err)
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return err
 	}
-	if !exists {
-		return nil
+	_, err = sp.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'; "+
+		"LOCK TABLE "+pgx.Identifier{partition}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+	if sqlState(err) == "42P01" { // undefined_table
+		return sp.Rollback(ctx)
 	}
-	_, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'; LOCK TABLE "+name+" IN ACCESS EXCLUSIVE MODE")
 	if err != nil {
 		return fmt.Errorf("locking partition %s: %w", partition, err)
 	}
-	return nil
+	return sp.Commit(ctx)
 }
 
 func createTenantTx(ctx context.Context, tx pgx.Tx, t *Tenant) error {
