@@ -184,15 +184,21 @@ func (t *tenant) publishCounts() {
 	t.deps.Metrics.ConsumerRunning.WithLabelValues(t.id).Set(v)
 }
 
-// prefetch returns Options.Prefetch, or by default enough for every worker
-// to hold two full batches: acks are coalesced (see acker), so deliveries
-// one worker has stored stay unacked until the workers holding lower tags
-// have stored theirs.
+// prefetch returns Options.Prefetch, or else DefaultPrefetch.
 func (t *tenant) prefetch() int {
 	if n := t.deps.Options.Prefetch; n > 0 {
-		return min(n, 65535)
+		return min(n, transport.MaxPrefetch)
 	}
-	return min(max(2*t.desired*t.deps.Options.BatchSize, t.deps.Options.BatchSize), 65535)
+	return DefaultPrefetch(t.desired, t.deps.Options.BatchSize)
+}
+
+// DefaultPrefetch returns the prefetch count of a tenant with no
+// Options.Prefetch: enough for every worker to hold two full batches,
+// because acks are coalesced (see acker), so deliveries one worker has
+// stored stay unacked until the workers holding lower tags have stored
+// theirs.
+func DefaultPrefetch(workers, batchSize int) int {
+	return min(max(2*workers*batchSize, batchSize), transport.MaxPrefetch)
 }
 
 // scale spawns or retires workers until `desired` are routed to.

@@ -90,7 +90,7 @@ func BenchmarkInsertBatchTenants(b *testing.B) {
 //     into the partitioned table, which routes rows to the partition.
 //   - insert_partition: the same statement straight into the partition.
 //   - copy_partition: COPY straight into the partition. It has no ON
-//     CONFLICT, so one redelivered message would fail the whole batch; it
+//     CONFLICT, so one redelivered message would fail the whole batch. It
 //     is the upper bound that skipping duplicates costs against.
 //   - copy_staged: COPY into a temporary table, then INSERT ... SELECT
 //     ... ON CONFLICT DO NOTHING into the partition, in one transaction.

@@ -31,6 +31,9 @@ const maxDeferred = 256
 // is locked.
 const groupLockTimeout = 200 * time.Millisecond
 
+// setLockTimeoutSQL sets lock_timeout for the rest of the transaction.
+const setLockTimeoutSQL = "SELECT set_config('lock_timeout', $1, true)"
+
 // pgDuration formats d as a PostgreSQL setting in whole milliseconds, at
 // least 1.
 func pgDuration(d time.Duration) string {
@@ -44,7 +47,7 @@ var errRunAlone = errors.New("shared transaction failed")
 // committer runs the batches of InsertBatch in shared transactions (see
 // WithGroupCommit). Each of its goroutines takes the oldest waiting batch
 // and the other batches already waiting, at most one per tenant and up to
-// maxGroupRows rows; it keeps the second batch of a tenant for its next
+// maxGroupRows rows. It keeps the second batch of a tenant for its next
 // transaction. It sends them as one pipeline of insert statements,
 // which PostgreSQL runs as a single implicit transaction, so they cost one
 // round trip and one commit.
@@ -354,7 +357,7 @@ func (p *Postgres) insertPipeline(ctx context.Context, group []*insertRequest, l
 		return strings.Compare(a.tenantID, b.tenantID)
 	})
 	var pipeline pgx.Batch
-	pipeline.Queue("SELECT set_config('lock_timeout', $1, true)", lockTimeout)
+	pipeline.Queue(setLockTimeoutSQL, lockTimeout)
 	for _, r := range group {
 		b := r.b
 		pipeline.Queue(insertSQL, r.tenantID, b.ids, b.payloads, b.published)

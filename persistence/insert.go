@@ -126,7 +126,7 @@ func (b *batch) fill(results []Result) {
 //
 // A message whose PublishedAt timestamptz cannot store is Rejected without
 // being sent. The batch waits at most 200 ms for a lock, such as one held
-// on the tenant's partition; past that the error is retryable
+// on the tenant's partition, and past that the error is retryable
 // (lock_not_available). A non-nil error means nothing was committed, unless the
 // connection broke while a statement ran (see Store). The error wraps
 // ErrTenantNotFound when the tenant has no partition, ErrInvalidTenantID
@@ -159,7 +159,7 @@ func (p *Postgres) InsertBatch(ctx context.Context, tenantID string, msgs []Mess
 // savepoints that finds and rejects them. It reports the commit to the
 // transaction observer.
 func (p *Postgres) insertAlone(ctx context.Context, tenantID string, b *batch) error {
-	_, err := p.insertPipeline(ctx, []*insertRequest{{tenantID: tenantID, b: b}}, p.lockTimeout)
+	_, err := p.insertPipeline(ctx, []*insertRequest{{tenantID: tenantID, b: b}}, p.aloneLockTimeout)
 	if isRowError(err) && ctx.Err() == nil {
 		err = p.insertIsolated(ctx, tenantID, b, err)
 	}
@@ -210,7 +210,7 @@ func (p *Postgres) insertIsolated(ctx context.Context, tenantID string, b *batch
 		defer cancel()
 		_ = tx.Rollback(rollbackCtx)
 	}()
-	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", p.lockTimeout); err != nil {
+	if _, err := tx.Exec(ctx, setLockTimeoutSQL, p.aloneLockTimeout); err != nil {
 		return err
 	}
 

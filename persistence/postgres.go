@@ -25,9 +25,9 @@ type Postgres struct {
 	logger *slog.Logger
 	group  *committer        // nil when batches are not grouped
 	commit func(batches int) // called after each insert transaction commits; never nil
-	// lockTimeout is the lock_timeout of a batch stored on its own, so that
-	// a locked partition holds no pool connection for long.
-	lockTimeout string
+	// aloneLockTimeout is the lock_timeout of a batch stored on its own, so
+	// that a locked partition keeps no pool connection for long.
+	aloneLockTimeout string
 }
 
 var _ Store = (*Postgres)(nil)
@@ -108,7 +108,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{pool: pool, logger: logger, commit: set.observe, lockTimeout: pgDuration(set.aloneLockTimeout)}
+	p := &Postgres{pool: pool, logger: logger, commit: set.observe, aloneLockTimeout: pgDuration(set.aloneLockTimeout)}
 	if p.commit == nil {
 		p.commit = func(int) {}
 	}

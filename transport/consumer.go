@@ -11,8 +11,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// maxPrefetch is the largest prefetch count that basic.qos carries.
-const maxPrefetch = 65535
+// MaxPrefetch is the largest prefetch count that basic.qos carries.
+const MaxPrefetch = 65535
 
 // Consumer is one tenant's consuming channel on the consume connection.
 // Deliveries must be acked or nacked on it (amqp.Delivery.Ack) before
@@ -46,8 +46,8 @@ func (b *Broker) Consume(ctx context.Context, tenantID string, prefetch int) (*C
 	if err := ValidateTenantID(tenantID); err != nil {
 		return nil, err
 	}
-	if prefetch < 1 || prefetch > maxPrefetch {
-		return nil, fmt.Errorf("invalid prefetch %d: must be between 1 and %d", prefetch, maxPrefetch)
+	if prefetch < 1 || prefetch > MaxPrefetch {
+		return nil, fmt.Errorf("invalid prefetch %d: must be between 1 and %d", prefetch, MaxPrefetch)
 	}
 	conn, err := b.consume.current()
 	if err != nil {

@@ -16,10 +16,6 @@ import (
 // defaultBaselineWorkers matches the server's default worker_count.
 const defaultBaselineWorkers = 3
 
-// maxPrefetch is the largest prefetch count that basic.qos carries, which
-// is also the server's cap.
-const maxPrefetch = 65535
-
 // baseline is a running bare consumer: what a baseline puts in place of the
 // server.
 type baseline struct {
@@ -185,7 +181,7 @@ func (b *baseline) workers() int {
 // consumers returns the prefetch count of each tenant's consumer and the
 // number of goroutines that handle its deliveries.
 func (b *baseline) consumers() (prefetch, goroutines int) {
-	prefetch, goroutines = min(b.workers()*b.c.BatchSize, maxPrefetch), b.workers()
+	prefetch, goroutines = min(b.workers()*b.c.BatchSize, transport.MaxPrefetch), b.workers()
 	if b.c.Baseline == baselineNaive {
 		prefetch, goroutines = 1, 1
 	}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-messaging-system/messaging/transport"
 )
 
 // Transports a run can publish over.
@@ -65,7 +67,7 @@ type Config struct {
 	TenantPrefix string        // tenant ids are <prefix>-<index>
 	Phase        string        // phaseAll, phaseSetup, phasePublish or phaseVerify
 	Backlog      bool          // baselines: publish everything before the consumers start
-	Prefetch     int           // baselines: prefetch count of each consumer; 0 means the default
+	Prefetch     int           // baselines: prefetch count of each consumer, or 0 for the default
 	Connections  int           // baselines: consume connections the tenants' channels are spread over
 	CPUProfile   string        // write a CPU profile of the harness to this file
 }
@@ -132,7 +134,7 @@ func newFlagSet(c *Config, getenv func(string) string, output io.Writer) *flag.F
 	fs.BoolVar(&c.Backlog, "backlog", false,
 		"baselines: publish every message before the consumers start, so stored_per_second is the drain rate of a backlog")
 	fs.IntVar(&c.Prefetch, "prefetch", 0,
-		"baselines: prefetch count of each tenant's consumer (default workers × -batch-size, half the server's; 1 for naive)")
+		"baselines: prefetch count of each tenant's consumer (default workers × -batch-size, which is half the server's, and 1 for naive)")
 	fs.IntVar(&c.Connections, "connections", 1, "baselines: consume connections, each tenant's channel on connection index mod N (each extra one also opens an idle publish connection)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (harness and baseline consumers) to `FILE`")
 	return fs
@@ -262,8 +264,8 @@ func (c *Config) validateMode() error {
 		return fmt.Errorf("invalid -batch-size %d: must be between 1 and 10000", c.BatchSize)
 	case c.BatchTimeout <= 0:
 		return fmt.Errorf("invalid -batch-timeout %s: must be positive", c.BatchTimeout)
-	case c.Prefetch < 0 || c.Prefetch > maxPrefetch:
-		return fmt.Errorf("invalid -prefetch %d: must be 0 (the default) or between 1 and %d", c.Prefetch, maxPrefetch)
+	case c.Prefetch < 0 || c.Prefetch > transport.MaxPrefetch:
+		return fmt.Errorf("invalid -prefetch %d: must be 0 (the default) or between 1 and %d", c.Prefetch, transport.MaxPrefetch)
 	case c.Connections < 1 || c.Connections > c.Tenants:
 		return fmt.Errorf("invalid -connections %d: must be between 1 and -tenants (%d)", c.Connections, c.Tenants)
 	}

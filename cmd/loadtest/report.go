@@ -39,7 +39,7 @@ type Report struct {
 	Phase          string  `json:"phase"`
 	PayloadBytes   int     `json:"payload_bytes"`
 	Rate           float64 `json:"rate"`
-	Workers        int     `json:"workers,omitempty"`     // worker_count, or the baseline's goroutines per tenant; 0 is the server's default
+	Workers        int     `json:"workers,omitempty"`     // worker_count, or the baseline's goroutines per tenant, or 0 for the server's default
 	Prefetch       int     `json:"prefetch,omitempty"`    // baselines: each consumer's prefetch count
 	Connections    int     `json:"connections,omitempty"` // baselines: consume connections
 	Backlog        bool    `json:"backlog,omitempty"`     // baselines: consumers started after publishing

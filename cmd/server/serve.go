@@ -84,7 +84,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	// With PREFETCH unset, each tenant's prefetch is this many per worker.
 	prefetch := slog.Int("prefetch", cfg.Prefetch)
 	if cfg.Prefetch == 0 {
-		prefetch = slog.Int("prefetch_per_worker", 2*cfg.BatchSize)
+		prefetch = slog.Int("prefetch_per_worker", actors.DefaultPrefetch(1, cfg.BatchSize))
 	}
 	logger.Info("server: starting", "http_addr", cfg.HTTPAddr, "batch_size", cfg.BatchSize,
 		"batch_timeout", cfg.BatchTimeout, "default_worker_count", cfg.DefaultWorkerCount,

@@ -53,7 +53,7 @@ func printToken(args []string, getenv func(string) string, stdout, stderr io.Wri
 		// so it rejects a token signed with this new secret (401).
 		path, _ := cfg.DevSecretPath()
 		fmt.Fprintf(stderr, "token: created a new development secret in %s. Servers started from now on "+
-			"with the same settings accept this token; a -dev server that is already running uses another "+
+			"with the same settings accept this token, but a -dev server that is already running uses another "+
 			"secret file and rejects it: give both the same DEV_SECRET_FILE (or XDG_CONFIG_HOME and HOME), "+
 			"or set JWT_SECRET\n", path)
 	}
