@@ -127,6 +127,10 @@ type Store interface {
 	// DeleteTenant deletes the tenant and drops its partition, with all
 	// its messages, in one transaction; or returns ErrTenantNotFound.
 	DeleteTenant(ctx context.Context, id string) error
+	// DeleteTenantWith is DeleteTenant that calls beforeCommit inside the
+	// transaction, after the row is deleted and the partition dropped, and
+	// rolls everything back when it returns an error.
+	DeleteTenantWith(ctx context.Context, id string, beforeCommit func(context.Context) error) error
 	// InsertBatch stores msgs in one transaction, skipping known message
 	// ids. results[i] belongs to msgs[i]. A row the database rejects (for
 	// example a JSON string containing \u0000, which jsonb refuses) is

@@ -208,6 +208,18 @@ func (p *Postgres) SetWorkerCount(ctx context.Context, id string, n int) (Tenant
 // in ACCESS EXCLUSIVE mode; DeleteTenant waits at most 3 s for that lock
 // and then returns an error that IsRetryable accepts.
 func (p *Postgres) DeleteTenant(ctx context.Context, id string) error {
+	return p.DeleteTenantWith(ctx, id, nil)
+}
+
+// DeleteTenantWith is DeleteTenant with one more step before the commit:
+// once the row is deleted and the partition dropped, it calls beforeCommit
+// inside the transaction, which still holds its locks, and commits only
+// when beforeCommit returns nil. An error of beforeCommit rolls the delete
+// back and is returned wrapped. A lock that times out, or a tenant that
+// another call deleted first, ends the call before beforeCommit runs, so
+// the commit itself is the only step of the database that can fail after
+// it. beforeCommit may be nil.
+func (p *Postgres) DeleteTenantWith(ctx context.Context, id string, beforeCommit func(context.Context) error) error {
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var partition string
 		err := tx.QueryRow(ctx, `SELECT partition_name FROM tenants WHERE id = $1`, id).Scan(&partition)
@@ -234,8 +246,13 @@ func (p *Postgres) DeleteTenant(ctx context.Context, id string) error {
 		if tag.RowsAffected() == 0 { // deleted by another call while this one waited
 			return ErrTenantNotFound
 		}
-		_, err = tx.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{partition}.Sanitize())
-		return err
+		if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{partition}.Sanitize()); err != nil {
+			return err
+		}
+		if beforeCommit != nil {
+			return beforeCommit(ctx)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("deleting tenant %q: %w", id, withContext(ctx, err))

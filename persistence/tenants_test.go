@@ -375,6 +375,52 @@ func TestDeleteTenantConcurrently(t *testing.T) {
 	require.Empty(t, partitionBound(t, store, tenant.ID))
 }
 
+// TestDeleteTenantWithBeforeCommit checks that DeleteTenantWith
+// calls its step only once the delete can no longer fail on a lock, and
+// that an error of the step leaves the tenant as it was.
+func TestDeleteTenantWithBeforeCommit(t *testing.T) {
+	t.Parallel()
+	store := setup(t)
+	ctx := testContext(t)
+	tenant := createTenant(t, store, "deletewith")
+	_, err := store.InsertBatch(ctx, tenant.ID, messages("kept", 3))
+	require.NoError(t, err)
+
+	calls := 0
+	release := holdPartitionLock(t, store, tenant.ID)
+	err = store.DeleteTenantWith(ctx, tenant.ID, func(context.Context) error { calls++; return nil })
+	require.True(t, IsRetryable(err), "error: %v", err)
+	require.Zero(t, calls, "the step ran although the partition lock timed out")
+	release()
+
+	errStep := errors.New("step failed")
+	err = store.DeleteTenantWith(ctx, tenant.ID, func(context.Context) error {
+		calls++
+		// The row is deleted inside the transaction only: other sessions
+		// still see it.
+		_, err := store.GetTenant(ctx, tenant.ID)
+		require.NoError(t, err)
+		return errStep
+	})
+	require.ErrorIs(t, err, errStep)
+	require.Equal(t, 1, calls)
+	_, err = store.GetTenant(ctx, tenant.ID)
+	require.NoError(t, err, "a failed step removed the tenant row")
+	require.NotEmpty(t, partitionBound(t, store, tenant.ID), "a failed step dropped the partition")
+	n, err := store.CountMessages(ctx, tenant.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, n)
+
+	require.NoError(t, store.DeleteTenantWith(ctx, tenant.ID, func(context.Context) error { calls++; return nil }))
+	require.Equal(t, 2, calls)
+	_, err = store.GetTenant(ctx, tenant.ID)
+	require.ErrorIs(t, err, ErrTenantNotFound)
+	require.Empty(t, partitionBound(t, store, tenant.ID))
+	err = store.DeleteTenantWith(ctx, tenant.ID, func(context.Context) error { calls++; return nil })
+	require.ErrorIs(t, err, ErrTenantNotFound)
+	require.Equal(t, 2, calls, "the step ran for a tenant that was already gone")
+}
+
 // TestCreateTenantWhileOthersWrite checks that creating a tenant does not
 // wait for transactions that write or read other tenants' messages.
 func TestCreateTenantWhileOthersWrite(t *testing.T) {
