@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -196,24 +197,78 @@ func (r *rootActor) delete(c actor.Context, id string) {
 	}
 	r.stopTenant(c, id, e, func() {
 		err := r.removeTenant(id)
-		r.forget(id)
+		if err == nil || !r.resume(c, id) {
+			r.forget(id)
+		}
 		c.Respond(&reply{err: err})
 	})
 }
 
-// removeTenant deletes the tenant's queues, then its row and partition.
-// The queues go first: if the broker is down, the row stays, the next sync
-// starts the tenant again and a retried delete finds it, whereas a row
-// deleted first would leave queues that nothing remembers.
+// queueDeleteTimeout bounds the deletion of a tenant's queues. The deletion
+// runs while the delete's transaction holds messages in ACCESS EXCLUSIVE
+// mode, which stops every tenant's inserts, so it gets the same 3 s that
+// the delete may already wait for that lock.
+const queueDeleteTimeout = 3 * time.Second
+
+// removeTenant deletes the tenant's row, partition and queues. The queues
+// go last, inside the database transaction once the row is deleted and the
+// partition dropped, and the transaction commits only when they are gone.
+// A partition lock that times out or a broker that is down therefore
+// leaves the tenant whole, with the messages in its queues, and a retried
+// delete finds it. Queues deleted first would lose their messages when the
+// database step failed after them. A row deleted first would leave queues
+// that nothing remembers when the broker step failed after it.
 func (r *rootActor) removeTenant(id string) error {
-	if err := r.broker.DeleteTenant(r.ctx(), id); err != nil {
-		return fmt.Errorf("delete queues of tenant %s: %w", id, err)
-	}
-	if err := r.store.DeleteTenant(r.ctx(), id); err != nil {
+	queuesDeleted := false
+	err := r.store.DeleteTenantWith(r.ctx(), id, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, queueDeleteTimeout)
+		defer cancel()
+		// NOTE: a queue deletion that the broker carries out after the
+		// timeout is not undone. The transaction rolls back and the tenant
+		// runs on with empty queues.
+		if err := r.broker.DeleteTenant(ctx, id); err != nil {
+			return fmt.Errorf("delete queues of tenant %s: %w", id, err)
+		}
+		queuesDeleted = true
+		return nil
+	})
+	if err != nil {
+		if queuesDeleted {
+			r.logger.Error("supervisor: tenant queues deleted but the database delete did not commit; "+
+				"retry the delete", "tenant_id", id, "err", err)
+		}
 		return err
 	}
 	r.logger.Info("supervisor: tenant deleted", "tenant_id", id)
 	return nil
+}
+
+// resumeLookupTimeout bounds the read of a tenant's row after a failed
+// delete.
+const resumeLookupTimeout = 5 * time.Second
+
+// resume starts the tenant's actor again after a failed delete, so that
+// it goes on consuming at once rather than at the next sync, and reports
+// whether it did. It reads the row first, because a delete whose commit
+// failed may have removed it all the same. When the read fails, the next
+// sync decides.
+func (r *rootActor) resume(c actor.Context, id string) bool {
+	if r.stopping {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(r.ctx(), resumeLookupTimeout)
+	defer cancel()
+	t, err := r.store.GetTenant(ctx, id)
+	if err != nil {
+		if !errors.Is(err, persistence.ErrTenantNotFound) {
+			r.logger.Warn("supervisor: tenant row unreadable after a failed delete; the next sync restarts it",
+				"tenant_id", id, "err", err)
+		}
+		return false
+	}
+	r.logger.Info("supervisor: tenant delete failed; resuming the tenant", "tenant_id", id)
+	r.spawn(c, t)
+	return true
 }
 
 // stopTenant stops a tenant actor gracefully and runs then once it has

@@ -29,6 +29,7 @@ type Store interface {
 	ListTenants(ctx context.Context) ([]persistence.Tenant, error)
 	SetWorkerCount(ctx context.Context, id string, n int) (persistence.Tenant, error)
 	DeleteTenant(ctx context.Context, id string) error
+	DeleteTenantWith(ctx context.Context, id string, beforeCommit func(context.Context) error) error
 }
 
 // Broker is the part of the RabbitMQ transport that the supervisor uses.
@@ -155,7 +156,8 @@ func (s *Supervisor) Resize(ctx context.Context, id string, workerCount int) (Te
 }
 
 // Delete stops the tenant's actor, then removes its row, partition, queues
-// and metric series.
+// and metric series. When that fails, nothing is removed and the tenant's
+// actor is started again.
 func (s *Supervisor) Delete(ctx context.Context, id string) error {
 	_, err := s.request(ctx, &deleteRequest{id: id})
 	return err

@@ -3,6 +3,7 @@ package supervisor_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
@@ -86,6 +88,19 @@ func (f *fixture) start() *supervisor.Supervisor {
 	return sup
 }
 
+// requireDelete deletes the tenant and checks that its actor, queues and
+// row are gone.
+func (f *fixture) requireDelete(sup *supervisor.Supervisor, id string) {
+	f.t.Helper()
+	ctx := ctxT(f.t)
+	require.NoError(f.t, sup.Delete(ctx, id))
+	require.False(f.t, sup.Running(id))
+	require.False(f.t, queueExists(f.t, transport.QueueName(id)))
+	require.False(f.t, queueExists(f.t, transport.DeadLetterQueueName(id)))
+	_, err := f.store.GetTenant(ctx, id)
+	require.ErrorIs(f.t, err, persistence.ErrTenantNotFound)
+}
+
 func (f *fixture) tenantID() string {
 	id := testenv.TenantID("sup")
 	f.created = append(f.created, id)
@@ -110,14 +125,32 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	t.Fatalf("timed out after %s waiting for %s", timeout, what)
 }
 
-func queueExists(t *testing.T, name string) bool {
+// dialChannel opens a connection to the broker and a channel on it. The
+// caller runs closeConn when done.
+func dialChannel(t *testing.T) (ch *amqp.Channel, closeConn func()) {
 	t.Helper()
 	conn, err := amqp.Dial(testenv.RabbitMQURL())
 	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
+	ch, err = conn.Channel()
+	if err != nil {
+		_ = conn.Close()
+	}
 	require.NoError(t, err)
-	_, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
+	return ch, func() { _ = conn.Close() }
+}
+
+// inspectQueue declares the queue passively, which returns its counts, or
+// an error when it does not exist.
+func inspectQueue(t *testing.T, name string) (amqp.Queue, error) {
+	t.Helper()
+	ch, closeConn := dialChannel(t)
+	defer closeConn()
+	return ch.QueueDeclarePassive(name, true, false, false, false, nil)
+}
+
+func queueExists(t *testing.T, name string) bool {
+	t.Helper()
+	_, err := inspectQueue(t, name)
 	return err == nil
 }
 
@@ -169,12 +202,7 @@ func TestSupervisorCreateResizeDelete(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 7, stored.WorkerCount, "the new count is stored")
 
-	require.NoError(t, sup.Delete(ctx, id))
-	require.False(t, sup.Running(id))
-	require.False(t, queueExists(t, transport.QueueName(id)))
-	require.False(t, queueExists(t, transport.DeadLetterQueueName(id)))
-	_, err = f.store.GetTenant(ctx, id)
-	require.ErrorIs(t, err, persistence.ErrTenantNotFound)
+	f.requireDelete(sup, id)
 	families, err := f.reg.Gather()
 	require.NoError(t, err)
 	for _, fam := range families {
@@ -304,4 +332,127 @@ func TestSupervisorDeleteRetriesAfterBrokerFault(t *testing.T) {
 	require.False(t, queueExists(t, transport.QueueName(id)))
 	_, err = f.store.GetTenant(ctx, id)
 	require.ErrorIs(t, err, persistence.ErrTenantNotFound)
+}
+
+// publish publishes each body to the tenant, persistent and mandatory, on a
+// confirm channel, with the message ids prefix-0, prefix-1 and so on, and
+// returns how many the broker returned as unroutable.
+func publish(t *testing.T, tenantID, prefix string, bodies ...string) (returned int) {
+	t.Helper()
+	ch, closeConn := dialChannel(t)
+	defer closeConn()
+	require.NoError(t, ch.Confirm(false))
+	returns := ch.NotifyReturn(make(chan amqp.Return, len(bodies)))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, body := range bodies {
+		c, err := ch.PublishWithDeferredConfirmWithContext(ctx, transport.ExchangeName, tenantID, true, false,
+			amqp.Publishing{DeliveryMode: amqp.Persistent, MessageId: fmt.Sprintf("%s-%d", prefix, i),
+				Body: []byte(body)})
+		require.NoError(t, err)
+		ok, err := c.WaitContext(ctx)
+		require.NoError(t, err)
+		require.True(t, ok, "the broker nacked a publish")
+	}
+	// The broker sends a return before the confirm of the same message.
+	return len(returns)
+}
+
+// queueLength returns the number of ready messages in the queue.
+func queueLength(t *testing.T, name string) int {
+	t.Helper()
+	q, err := inspectQueue(t, name)
+	require.NoError(t, err, "queue %s", name)
+	return q.Messages
+}
+
+// holdPartitionLock locks the tenant's partition in ACCESS EXCLUSIVE mode
+// from a connection of its own until release is called or the test ends.
+func (f *fixture) holdPartitionLock(id string) (release func()) {
+	f.t.Helper()
+	ctx := ctxT(f.t)
+	conn, err := pgx.Connect(ctx, f.store.Pool().Config().ConnString())
+	require.NoError(f.t, err)
+	tx, err := conn.Begin(ctx)
+	require.NoError(f.t, err)
+	var partition string
+	require.NoError(f.t, tx.QueryRow(ctx, `SELECT partition_name FROM tenants WHERE id = $1`, id).Scan(&partition))
+	_, err = tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{partition}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+	require.NoError(f.t, err)
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			_ = tx.Rollback(context.Background())
+			_ = conn.Close(context.Background())
+		})
+	}
+	f.t.Cleanup(release)
+	return release
+}
+
+// TestSupervisorFailedDeleteKeepsTenant checks that a delete
+// that gives up on a partition lock changes nothing: the queues keep the
+// messages that arrived while the tenant was stopped for the delete, and
+// the tenant runs again at once and stores them.
+func TestSupervisorFailedDeleteKeepsTenant(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := ctxT(t)
+	// No sync during the test: only the failed delete itself may start
+	// the tenant again.
+	sup, err := supervisor.Start(ctx, f.system, f.store, f.broker, f.deps,
+		supervisor.Config{SyncInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sup.Shutdown(context.Background()) })
+	id := f.tenantID()
+	_, err = sup.Create(ctx, persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
+	require.NoError(t, err)
+	require.Zero(t, publish(t, id, "before", `{"n":0}`, `{"n":1}`, "not json"))
+	eventually(t, 10*time.Second, "2 stored messages", func() bool {
+		n, err := f.store.CountMessages(ctx, id)
+		return err == nil && n == 2
+	})
+	eventually(t, 10*time.Second, "1 dead letter", func() bool {
+		return queueLength(t, transport.DeadLetterQueueName(id)) == 1
+	})
+
+	release := f.holdPartitionLock(id)
+	deleted := make(chan error, 1)
+	go func() { deleted <- sup.Delete(ctx, id) }()
+	// The delete stops the tenant before it waits for the partition, so
+	// messages published now wait in the queue.
+	eventually(t, 10*time.Second, "the delete to wait for the partition lock", func() bool {
+		var waiting bool
+		err := f.store.Pool().QueryRow(ctx, `
+			SELECT count(*) > 0 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%LOCK TABLE%'`).
+			Scan(&waiting)
+		return err == nil && waiting
+	})
+	returned := publish(t, id, "during", `{"n":10}`, `{"n":11}`, `{"n":12}`)
+	require.Zero(t, returned, "the queue was deleted while the delete still waited for the partition")
+	ready, consumers, err := f.broker.QueueDepth(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 3, ready)
+	require.Zero(t, consumers)
+
+	select {
+	case err = <-deleted:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the delete did not give up on the partition lock within 15s")
+	}
+	require.True(t, persistence.IsRetryable(err), "error: %v", err)
+	require.True(t, sup.Running(id), "the tenant does not run after the failed delete")
+	_, err = f.store.GetTenant(ctx, id)
+	require.NoError(t, err, "the failed delete removed the tenant row")
+	require.Equal(t, 1, queueLength(t, transport.DeadLetterQueueName(id)), "the failed delete emptied the DLQ")
+
+	release()
+	eventually(t, 10*time.Second, "the queued messages stored", func() bool {
+		n, err := f.store.CountMessages(ctx, id)
+		return err == nil && n == 5
+	})
+
+	f.requireDelete(sup, id)
 }
