@@ -167,3 +167,91 @@ func TestTenantDeleteWhileBrokerDown(t *testing.T) {
 	}
 	requireTenantGone(t, e, id)
 }
+
+// waitForLockWait waits until a session of the test database waits for a
+// lock while it runs a query that matches the LIKE pattern.
+func waitForLockWait(t *testing.T, databaseURL, pattern string) {
+	t.Helper()
+	withConn(t, databaseURL, func(ctx context.Context, conn *pgx.Conn) {
+		eventually(t, 10*time.Second, 20*time.Millisecond, "a query like "+pattern+" to wait for a lock", func() bool {
+			var waiting bool
+			err := conn.QueryRow(ctx, `
+				SELECT count(*) > 0 FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1`,
+				pattern).Scan(&waiting)
+			require.NoError(t, err)
+			return waiting
+		})
+	})
+}
+
+func TestTenantDeleteWhilePartitionLocked(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start(t)
+	id := e.createTenant(t, "life-locked", 2)
+	dlq := transport.DeadLetterQueueName(id)
+	before := newAMQPProducer(e.rabbitURL, id, "before", 200, 1000)
+	require.NoError(t, before.start(t)())
+	poison := newAMQPProducer(e.rabbitURL, id, "poison", 1, 100)
+	poison.body = func(int) []byte { return []byte("not json") }
+	require.NoError(t, poison.start(t)())
+	waitDrained(t, id)
+	eventually(t, 10*time.Second, 100*time.Millisecond, "the poison message in the DLQ", func() bool {
+		return queueStats(t)[dlq].ready == 1
+	})
+
+	// Another session keeps the partition locked for longer than the
+	// DELETE waits for it (3 s), so the DELETE fails.
+	unlock := lockPartition(t, e.databaseURL, partitionName(t, e.databaseURL, id), 10*time.Second)
+	type result struct {
+		status int
+		body   []byte
+		err    error
+		took   time.Duration
+	}
+	done := make(chan result, 1)
+	go func() {
+		began := time.Now()
+		status, body, err := do(http.MethodDelete, e.url("/api/v1/tenants/"+id), e.admin, nil)
+		done <- result{status: status, body: body, err: err, took: time.Since(began)}
+	}()
+
+	// The DELETE stops the tenant's consumer before it waits for the
+	// partition, so what is published meanwhile waits in the queue.
+	waitForLockWait(t, e.databaseURL, "%LOCK TABLE%")
+	during := newAMQPProducer(e.rabbitURL, id, "during", 100, 1000)
+	require.NoError(t, during.start(t)())
+	republished, _ := during.stats()
+	require.Zero(t, republished, "messages returned as unroutable: the DELETE deleted the queue before it gave up")
+	select {
+	case r := <-done:
+		t.Fatalf("DELETE returned %d before the messages were published; lock it longer", r.status)
+	default:
+	}
+
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(adminTimeout):
+		t.Fatalf("DELETE did not return within %s", adminTimeout)
+	}
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "DELETE with the partition locked: %s", r.body)
+	t.Logf("DELETE with the partition locked: %d in %s (%s)", r.status, r.took.Round(time.Millisecond),
+		strings.TrimSpace(string(r.body)))
+
+	// Nothing of the tenant is gone: it runs, its queue delivers what was
+	// published during the DELETE, and its DLQ keeps the poison message.
+	call(t, http.MethodGet, e.url("/api/v1/tenants/"+id), e.admin, nil, http.StatusOK, nil)
+	unlock()
+	waitDrained(t, id)
+	requireExactlyOnce(t, e.databaseURL, id, union(before.confirmed.snapshot(), during.confirmed.snapshot()))
+	letters := deadLetters(t, e.rabbitURL, id)
+	require.Len(t, letters, 1, "dead letters after the failed DELETE")
+	require.Equal(t, "poison-0", letters[0].messageID)
+
+	call(t, http.MethodDelete, e.url("/api/v1/tenants/"+id), e.admin, nil, http.StatusNoContent, nil)
+	time.Sleep(2500 * time.Millisecond) // two sync intervals: the tenant must not come back
+	requireTenantGone(t, e, id)
+}
