@@ -99,8 +99,8 @@ type Config struct {
 	// Dev creates and keeps a random local JWT secret when JWTSecret is
 	// empty. Never enable it in production.
 	Dev bool
-	// DevSecretFile is the file in which Dev keeps its secret, default
-	// $XDG_CONFIG_HOME/messaging-server/dev-jwt-secret.
+	// DevSecretFile is the file in which Dev keeps its secret, an absolute
+	// path, default $XDG_CONFIG_HOME/messaging-server/dev-jwt-secret.
 	DevSecretFile string
 }
 
@@ -157,7 +157,7 @@ func settings() []setting {
 		{"log_level", "LOG_LEVEL", "log level: debug, info, warn or error", setString(func(c *Config) *string { return &c.LogLevel })},
 		{"log_format", "LOG_FORMAT", "log format: json or text", setString(func(c *Config) *string { return &c.LogFormat })},
 		{"debug_addr", "DEBUG_ADDR", "listen address of the unauthenticated pprof server, e.g. 127.0.0.1:6060 (default off)", setString(func(c *Config) *string { return &c.DebugAddr })},
-		{"dev_secret_file", "DEV_SECRET_FILE", "file where -dev keeps its generated JWT secret", setString(func(c *Config) *string { return &c.DevSecretFile })},
+		{"dev_secret_file", "DEV_SECRET_FILE", "absolute path of the file where -dev keeps its generated JWT secret", setString(func(c *Config) *string { return &c.DevSecretFile })},
 	}
 }
 
@@ -360,6 +360,9 @@ func (c *Config) Validate() error {
 	check(c.LogFormat == "json" || c.LogFormat == "text", "LOG_FORMAT is %q: use json or text", c.LogFormat)
 
 	c.validateAuth(check)
+	if err := checkDevSecretFile(c.DevSecretFile); err != nil {
+		errs = append(errs, err)
+	}
 	check(c.PublishRateLimit >= 0, "PUBLISH_RATE_LIMIT is %v: it must be 0 (no limit) or a positive number of messages per second",
 		c.PublishRateLimit)
 	check(c.PublishRateBurst >= 0, "PUBLISH_RATE_BURST is %d: it must be 0 (the default) or positive", c.PublishRateBurst)

@@ -240,3 +240,54 @@ func TestDevSecretRejectsDanglingSymlink(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, entries, 1, "only the link is left: no temporary file")
 }
+
+func TestDevSecretRejectsRelativeFile(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		args []string
+		vars map[string]string
+	}{
+		"variable": {[]string{"-dev"}, map[string]string{"DEV_SECRET_FILE": "dev-jwt-secret"}},
+		"flag":     {[]string{"-dev", "-dev-secret-file", "./secrets/dev-jwt-secret"}, nil},
+		"file key": {[]string{"-dev", "-config", writeFile(t, `{"dev_secret_file": "../dev-jwt-secret"}`)}, nil},
+		"tilde":    {[]string{"-dev"}, map[string]string{"DEV_SECRET_FILE": "~/dev-jwt-secret"}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			_, err := config.Load(tc.args, env(tc.vars), discard())
+			require.ErrorContains(t, err, "DEV_SECRET_FILE")
+			require.ErrorContains(t, err, "give an absolute path")
+		})
+	}
+
+	c, err := config.Load([]string{"-dev"}, env(map[string]string{"DEV_SECRET_FILE": "/abs/dev-jwt-secret"}), discard())
+	require.NoError(t, err, "an absolute path is accepted")
+	require.Equal(t, "/abs/dev-jwt-secret", c.DevSecretFile)
+}
+
+// TestDevSecretRelativePathsCreateNothing checks that a relative
+// DEV_SECRET_FILE or XDG_CONFIG_HOME that bypasses Load still writes no
+// file under the working directory. It changes the working directory and
+// the environment, so it cannot run in parallel.
+func TestDevSecretRelativePathsCreateNothing(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+
+	c := config.Default()
+	c.Dev, c.DevSecretFile = true, "dev-jwt-secret"
+	_, err := c.EnsureDevSecret()
+	require.ErrorContains(t, err, "DEV_SECRET_FILE")
+	require.ErrorContains(t, err, "give an absolute path")
+
+	t.Setenv("XDG_CONFIG_HOME", "config")
+	c = config.Default()
+	c.Dev = true
+	_, err = c.EnsureDevSecret()
+	require.ErrorContains(t, err, "XDG_CONFIG_HOME")
+	require.ErrorContains(t, err, "absolute path")
+
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Empty(t, entries, "a relative path created a file in the working directory")
+}

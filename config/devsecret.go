@@ -12,15 +12,34 @@ import (
 )
 
 // DevSecretPath returns the file where development mode keeps its secret.
+// Both of its sources must be absolute paths: os.UserConfigDir rejects a
+// relative XDG_CONFIG_HOME, and checkDevSecretFile a relative
+// DEV_SECRET_FILE.
 func (c *Config) DevSecretPath() (string, error) {
 	if c.DevSecretFile != "" {
+		if err := checkDevSecretFile(c.DevSecretFile); err != nil {
+			return "", err
+		}
 		return c.DevSecretFile, nil
 	}
 	dir, err := os.UserConfigDir()
 	if err != nil {
-		return "", fmt.Errorf("find a directory for the development secret: %w; set DEV_SECRET_FILE", err)
+		return "", fmt.Errorf("find a directory for the development secret: %w; "+
+			"set XDG_CONFIG_HOME or DEV_SECRET_FILE to an absolute path", err)
 	}
 	return filepath.Join(dir, "messaging-server", "dev-jwt-secret"), nil
+}
+
+// checkDevSecretFile rejects a relative DEV_SECRET_FILE. A relative path
+// names another file in each working directory, so a server and a token
+// command started in different directories would use different secrets,
+// and the server would reject the command's tokens.
+func checkDevSecretFile(path string) error {
+	if path == "" || filepath.IsAbs(path) {
+		return nil
+	}
+	return fmt.Errorf("DEV_SECRET_FILE is %q, a relative path: give an absolute path, "+
+		"because a relative one names another file in each working directory", path)
 }
 
 // DevSecret is the source of the secret that EnsureDevSecret filled in.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -90,6 +91,22 @@ func TestTokenCommandDevSecret(t *testing.T) {
 	require.Empty(t, errOut, "a later run reuses the secret silently")
 	require.NotEmpty(t, strings.TrimSpace(first))
 	require.NotEmpty(t, strings.TrimSpace(second))
+}
+
+// TestTokenCommandRejectsRelativeSecretFile runs in a temporary working
+// directory, which a relative secret file would land in, so it cannot run
+// in parallel.
+func TestTokenCommandRejectsRelativeSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	vars := map[string]string{"DEV_SECRET_FILE": "dev-jwt-secret"}
+	code, out, errOut := runCmd(t, vars, "token", "-role", "admin", "-dev")
+	require.Equal(t, 2, code)
+	require.Empty(t, out, "no token is printed")
+	require.Contains(t, errOut, `DEV_SECRET_FILE is "dev-jwt-secret", a relative path: give an absolute path`)
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Empty(t, entries, "the command created a secret file in the working directory")
 }
 
 func TestServeRequiresSecret(t *testing.T) {
