@@ -91,8 +91,9 @@ func (e *env) token(t *testing.T, c api.Claims) string {
 
 func (e *env) url(path string) string { return "http://" + e.addr + path }
 
-// start runs the server binary and waits until /ready returns 200.
-func (e *env) start(t *testing.T) *testenv.Server {
+// start runs the server binary and waits until /ready returns 200. Each
+// of extra is a NAME=value that overrides the test's default.
+func (e *env) start(t *testing.T, extra ...string) *testenv.Server {
 	t.Helper()
 	vars := []string{
 		"DATABASE_URL=" + e.databaseURL,
@@ -103,6 +104,7 @@ func (e *env) start(t *testing.T) *testenv.Server {
 		"SHUTDOWN_TIMEOUT=" + shutdownTimeout.String(),
 		"LOG_FORMAT=text",
 	}
+	vars = append(vars, extra...) // the last value of a name wins
 	fmt.Fprintf(e.output, "==> server start at %s\n", time.Now().Format(time.RFC3339Nano))
 	return testenv.StartServer(t, serverBinary, vars, e.output, e.url("/ready"), readyTimeout)
 }

@@ -153,19 +153,28 @@ func (s *Server) Kill(t testing.TB) {
 // status 0 within timeout. It returns how long the process took to exit.
 func (s *Server) Stop(t testing.TB, timeout time.Duration) time.Duration {
 	t.Helper()
+	took, err := s.Terminate(t, timeout)
+	if err != nil {
+		t.Fatalf("server exited with an error after SIGTERM: %v", err)
+	}
+	return took
+}
+
+// Terminate sends SIGTERM and fails the test unless the process exits
+// within timeout. It returns how long the process took to exit and its
+// exit status, nil for status 0.
+func (s *Server) Terminate(t testing.TB, timeout time.Duration) (time.Duration, error) {
+	t.Helper()
 	started := time.Now()
 	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("failed to send SIGTERM to server process %d: %v", s.cmd.Process.Pid, err)
 	}
 	select {
 	case <-s.done:
-		if s.err != nil {
-			t.Fatalf("server exited with an error after SIGTERM: %v", s.err)
-		}
 	case <-time.After(timeout):
 		t.Fatalf("server timed out: still running %s after SIGTERM", timeout)
 	}
-	return time.Since(started)
+	return time.Since(started), s.err
 }
 
 // RequireRunning fails the test, with the exit status, when the process
