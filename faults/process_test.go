@@ -3,12 +3,14 @@
 package faults
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-messaging-system/messaging/transport"
@@ -74,6 +76,91 @@ func TestServerTerminatedUnderLoad(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, body)
 	t.Logf("SIGTERM to exit 0 took %s (SHUTDOWN_TIMEOUT %s); %d rows; shutdown log: %s",
 		took.Round(time.Millisecond), shutdownTimeout, rows.total, lastLine(log, "server: stopped"))
+}
+
+func TestServerTerminatedWhileLockedExitsAtDeadline(t *testing.T) {
+	t.Parallel()
+	const timeout = 3 * time.Second
+	// exitBound leaves room for a loaded machine. A server that waits for
+	// the lock to end exits seconds later.
+	const exitBound = timeout + 500*time.Millisecond
+	e := newEnv(t)
+	srv := e.start(t, "SHUTDOWN_TIMEOUT="+timeout.String())
+	id := e.createTenant(t, "deadline", 3)
+
+	l := startLoad(t, e, id, 4000, 800, 1000)
+	time.Sleep(time.Second)
+
+	// The lock outlasts the shutdown deadline, so the workers cannot commit
+	// in time, and a read of the tenant's messages waits for it on a pooled
+	// connection.
+	unlock := lockPartition(t, e.databaseURL, partitionName(t, e.databaseURL, id), timeout+4*time.Second)
+	read := readBlockedOnLock(t, e, id)
+
+	took, exitErr := srv.Terminate(t, timeout+30*time.Second)
+	log := e.output.String()
+	require.Contains(t, log, "server: shutdown incomplete", "the lock should have held the shutdown up to its deadline")
+	require.LessOrEqual(t, took, exitBound,
+		"server exited %s after SIGTERM with SHUTDOWN_TIMEOUT %s", took.Round(time.Millisecond), timeout)
+
+	// With the process gone, the broker has taken back every delivery that
+	// was not acked.
+	eventually(t, 10*time.Second, 200*time.Millisecond, "no unacked delivery and no consumer", func() bool {
+		stats := queueStats(t)[transport.QueueName(id)]
+		return stats.unacked == 0 && stats.consumers == 0
+	})
+	readStatus := read()
+	unlock()
+
+	// Nothing was acked that had not committed: after a restart every
+	// confirmed message is stored, once.
+	e.start(t)
+	rows := l.finish(t, e, id)
+	t.Logf("SIGTERM to exit took %s (SHUTDOWN_TIMEOUT %s, %v); the blocked read got %s; %d rows; %s",
+		took.Round(time.Millisecond), timeout, exitErr, readStatus, rows.total, lastLine(log, "server: shutdown incomplete"))
+}
+
+// readBlockedOnLock sends GET /api/v1/messages for the tenant, whose
+// partition is locked, and returns once its query waits for the lock. The
+// returned function waits for the response and describes it.
+func readBlockedOnLock(t *testing.T, e *env, tenantID string) func() string {
+	t.Helper()
+	done := make(chan string, 1)
+	token := e.tenantToken(t, tenantID)
+	go func() {
+		status, _, err := do(http.MethodGet, e.url("/api/v1/messages?limit=10"), token, nil)
+		if err != nil {
+			done <- "error: " + err.Error()
+			return
+		}
+		done <- fmt.Sprintf("status %d", status)
+	}()
+	var result string
+	var finished bool
+	wait := func() string {
+		if !finished {
+			finished = true
+			select {
+			case result = <-done:
+			case <-time.After(requestTimeout + 5*time.Second):
+				result = "no response"
+			}
+		}
+		return result
+	}
+	t.Cleanup(func() { wait() })
+
+	withConn(t, e.databaseURL, func(ctx context.Context, conn *pgx.Conn) {
+		eventually(t, 10*time.Second, 20*time.Millisecond, "the read to wait for the lock", func() bool {
+			var n int
+			err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock'
+				AND query LIKE '%pg_snapshot_xmin%'`).Scan(&n)
+			require.NoError(t, err)
+			return n > 0
+		})
+	})
+	return wait
 }
 
 // lastLine returns the last line of log that contains substr.

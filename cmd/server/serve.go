@@ -94,25 +94,30 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 
-	// work bounds every database and broker call of the actors. It outlives
-	// ctx so that workers can flush during a graceful shutdown, and ends at
-	// the shutdown deadline.
+	// work bounds every database and broker call of the actors and of the
+	// HTTP requests. It outlives ctx so that workers can flush during a
+	// graceful shutdown, and ends at the shutdown deadline.
 	work, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
 
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
+	// After a failed start, the deferred call closes the services without a
+	// bound. After a shutdown it does nothing, because shutdown closed them
+	// within its deadline.
+	var services closers
+	defer services.closeWithin(time.Time{})
 	store, err := openStore(ctx, cfg, logger, m)
 	if err != nil {
 		return stoppedWhileStarting(ctx, logger, err)
 	}
-	defer store.Close()
+	services.add("database", store.Close)
 
 	broker, err := dialBroker(ctx, cfg, logger, m)
 	if err != nil {
 		return stoppedWhileStarting(ctx, logger, err)
 	}
-	defer broker.Close()
+	services.add("broker", func() { _ = broker.Close() })
 
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return logger.With("component", "protoactor")
@@ -136,7 +141,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 
-	srv, err := newHTTPServer(cfg.HTTPAddr, apiCfg, sup, broker, store, reg, logger)
+	srv, err := newHTTPServer(work, cfg.HTTPAddr, apiCfg, sup, broker, store, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -161,14 +166,23 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	case err := <-serveErr:
 		logger.Error("server: HTTP server failed; shutting down", "err", err)
 	}
-	return shutdown(cfg, srv, sup, system, cancelWork, logger)
+	return shutdown(cfg, srv, sup, system, cancelWork, &services, logger)
 }
 
+// closeGrace is how long the database pool and the broker connections may
+// take to close once the shutdown deadline has passed. By then every query
+// and broker call has been cancelled. What can still hold them is pgx
+// (v5.13), which keeps a cancelled query's connection for 100 ms after it
+// has sent the cancel request, and the AMQP close handshakes. The process does not
+// wait for more: the broker requeues every delivery that was not acked,
+// and a delivery is acked only after its transaction has committed.
+const closeGrace = 100 * time.Millisecond
+
 // shutdown stops taking requests, stops the consumers, lets the workers
-// flush and ack, and closes everything, all within ShutdownTimeout. What
-// was not acked stays in the queues for the next start.
+// flush and ack, and closes everything, all within ShutdownTimeout and
+// closeGrace. What was not acked stays in the queues for the next start.
 func shutdown(cfg config.Config, srv *http.Server, sup *supervisor.Supervisor, system *actor.ActorSystem,
-	cancelWork context.CancelFunc, logger *slog.Logger) error {
+	cancelWork context.CancelFunc, services *closers, logger *slog.Logger) error {
 	started := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -178,17 +192,89 @@ func shutdown(cfg config.Config, srv *http.Server, sup *supervisor.Supervisor, s
 	var errs []error
 	if err := srv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))
+		// The requests still running were cancelled with the work at the
+		// deadline, and Close drops their connections.
+		_ = srv.Close()
 	}
 	if err := sup.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop tenants: %w", err))
 	}
 	system.Shutdown()
+
+	// Whatever still runs is abandoned now, so that no query or broker call
+	// keeps the pool or a connection from closing.
+	cancelWork()
+	closeBy := started.Add(cfg.ShutdownTimeout)
+	if now := time.Now(); now.After(closeBy) {
+		closeBy = now
+	}
+	closeBy = closeBy.Add(closeGrace)
+	if open := services.closeWithin(closeBy); len(open) > 0 {
+		logger.Warn("server: exiting without waiting for connections to close", "still_closing", open)
+	}
+
 	if err := errors.Join(errs...); err != nil {
 		logger.Error("server: shutdown incomplete", "err", err, "elapsed", time.Since(started))
 		return err
 	}
 	logger.Info("server: stopped", "elapsed", time.Since(started))
 	return nil
+}
+
+// closers closes the services that serve opened.
+type closers struct {
+	names  []string
+	fns    []func()
+	closed bool
+}
+
+func (c *closers) add(name string, fn func()) {
+	c.names = append(c.names, name)
+	c.fns = append(c.fns, fn)
+}
+
+// closeWithin closes every service at once, each in a goroutine of its
+// own, and waits for them until limit, or for as long as they take when
+// limit is zero. It returns the names of those still closing at the
+// limit. Only the first call closes anything, so that a deferred call
+// after shutdown does not wait for what shutdown gave up on.
+func (c *closers) closeWithin(limit time.Time) []string {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	done := make([]chan struct{}, len(c.fns))
+	for i, fn := range c.fns {
+		done[i] = make(chan struct{})
+		go func() {
+			defer close(done[i])
+			fn()
+		}()
+	}
+	var expired <-chan time.Time // nil, so never ready, without a limit
+	if !limit.IsZero() {
+		timer := time.NewTimer(time.Until(limit))
+		defer timer.Stop()
+		expired = timer.C
+	}
+	var open []string
+	timedOut := false
+	for i, d := range done {
+		if !timedOut {
+			select {
+			case <-d:
+				continue
+			case <-expired:
+				timedOut = true
+			}
+		}
+		select {
+		case <-d:
+		default:
+			open = append(open, c.names[i])
+		}
+	}
+	return open
 }
 
 // openStore connects to PostgreSQL, waiting for it while it is down, and
@@ -279,8 +365,13 @@ func startSupervisor(ctx context.Context, system *actor.ActorSystem, store *pers
 	return sup, nil
 }
 
-func newHTTPServer(addr string, apiCfg api.Config, sup *supervisor.Supervisor, broker *transport.Broker,
-	store *persistence.Postgres, reg *prometheus.Registry, logger *slog.Logger) (*http.Server, error) {
+// newHTTPServer builds the API server. Its requests run under base, so
+// that they end with the actors' work at the shutdown deadline and give
+// back their pooled connections. Otherwise a query waiting for a lock
+// keeps the pool from closing until its request times out.
+func newHTTPServer(base context.Context, addr string, apiCfg api.Config, sup *supervisor.Supervisor,
+	broker *transport.Broker, store *persistence.Postgres, reg *prometheus.Registry,
+	logger *slog.Logger) (*http.Server, error) {
 	checks := []api.ReadinessCheck{
 		{Name: "database", Check: store.Ping},
 		{Name: "broker", Check: func(context.Context) error {
@@ -296,7 +387,9 @@ func newHTTPServer(addr string, apiCfg api.Config, sup *supervisor.Supervisor, b
 	if err != nil {
 		return nil, err
 	}
-	return api.NewServer(addr, handler), nil
+	srv := api.NewServer(addr, handler)
+	srv.BaseContext = func(net.Listener) context.Context { return base }
+	return srv, nil
 }
 
 // apiConfig builds the API settings: it reads JWT_PUBLIC_KEYS_FILE and
