@@ -72,6 +72,8 @@ type committer struct {
 	lockedMu    sync.Mutex
 	locked      map[string]time.Time // tenant to the end of its time out of shared transactions
 	lockedPause time.Duration
+
+	lockLog *lockLog
 }
 
 // insertRequest is one InsertBatch call waiting for a shared transaction.
@@ -82,7 +84,7 @@ type insertRequest struct {
 	done     chan error // buffered for the one response, so sending it never blocks
 }
 
-func newCommitter(p *Postgres, n int, lockTimeout, lockedPause time.Duration) *committer {
+func newCommitter(p *Postgres, n int, lockTimeout, lockedPause, lockWarnInterval time.Duration) *committer {
 	g := &committer{
 		p:           p,
 		lockTimeout: pgDuration(lockTimeout),
@@ -90,6 +92,7 @@ func newCommitter(p *Postgres, n int, lockTimeout, lockedPause time.Duration) *c
 		quit:        make(chan struct{}),
 		locked:      make(map[string]time.Time),
 		lockedPause: lockedPause,
+		lockLog:     newLockLog(p.logger, lockWarnInterval),
 	}
 	for range n {
 		g.wg.Go(g.loop)
@@ -102,19 +105,19 @@ func newCommitter(p *Postgres, n int, lockTimeout, lockedPause time.Duration) *c
 // or ctx ends.
 func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error {
 	if g.isLocked(tenantID) {
-		return g.p.insertAlone(ctx, tenantID, b)
+		return g.insertAlone(ctx, tenantID, b)
 	}
 	r := &insertRequest{ctx: ctx, tenantID: tenantID, b: b, done: make(chan error, 1)}
 	if !g.enqueue(ctx, r) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return g.p.insertAlone(ctx, tenantID, b)
+		return g.insertAlone(ctx, tenantID, b)
 	}
 	select {
 	case err := <-r.done:
 		if errors.Is(err, errRunAlone) {
-			return g.p.insertAlone(ctx, tenantID, b)
+			return g.insertAlone(ctx, tenantID, b)
 		}
 		return err
 	case <-ctx.Done():
@@ -122,6 +125,16 @@ func (g *committer) insert(ctx context.Context, tenantID string, b *batch) error
 		// which the caller no longer reads.
 		return ctx.Err()
 	}
+}
+
+// insertAlone stores b on its own and, when it commits, ends the tenant's
+// run of lock failures.
+func (g *committer) insertAlone(ctx context.Context, tenantID string, b *batch) error {
+	err := g.p.insertAlone(ctx, tenantID, b)
+	if err == nil {
+		g.lockLog.committed(tenantID)
+	}
+	return err
 }
 
 // lockedPause is how long a tenant's batches are stored on their own after
@@ -303,9 +316,12 @@ func (g *committer) run(group []*insertRequest) {
 		for _, r := range live {
 			r.done <- nil
 		}
+		for _, r := range live {
+			g.lockLog.committed(r.tenantID)
+		}
 		return
 	}
-	g.logFailure(live, err)
+	g.logFailure(live, failed, err)
 	for _, r := range live {
 		if err := r.ctx.Err(); err != nil {
 			r.done <- err
@@ -316,17 +332,17 @@ func (g *committer) run(group []*insertRequest) {
 }
 
 // logFailure logs a failed shared transaction. A lock wait or a deadlock
-// delays other tenants, so it is a warning. Row errors and lost
-// connections are logged where each batch is run again.
-func (g *committer) logFailure(group []*insertRequest, err error) {
+// delays other tenants, so it is a warning, rate-limited by lockLog for
+// each tenant whose statement failed. Row errors and lost connections are
+// logged where each batch is run again.
+func (g *committer) logFailure(group []*insertRequest, failed string, err error) {
 	tenants := make([]string, len(group))
 	for i, r := range group {
 		tenants[i] = r.tenantID
 	}
 	switch sqlState(err) {
 	case "55P03", "40P01": // lock_not_available, deadlock_detected
-		g.p.logger.Warn("persistence: shared insert transaction stopped by a lock wait or deadlock, "+
-			"so its batches are stored one by one", "err", err, "tenants", tenants)
+		g.lockLog.failed(failed, tenants, err)
 	default:
 		g.p.logger.Debug("persistence: shared insert transaction failed, so its batches are stored one by one",
 			"err", err, "tenants", tenants)

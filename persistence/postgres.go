@@ -43,6 +43,7 @@ type settings struct {
 	// aloneLockTimeout is the lock_timeout of a batch stored on its own.
 	aloneLockTimeout time.Duration
 	lockedPause      time.Duration // see lockedPause
+	lockWarnInterval time.Duration // see lockWarnInterval
 }
 
 // WithMaxConns sets the maximum number of pooled connections. The default
@@ -93,7 +94,8 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("parsing database url: %w", err)
 	}
 	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnContextDone
-	set := settings{pool: cfg, lockTimeout: groupLockTimeout, aloneLockTimeout: groupLockTimeout, lockedPause: lockedPause}
+	set := settings{pool: cfg, lockTimeout: groupLockTimeout, aloneLockTimeout: groupLockTimeout,
+		lockedPause: lockedPause, lockWarnInterval: lockWarnInterval}
 	for _, opt := range opts {
 		opt(&set)
 	}
@@ -113,7 +115,7 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger, opts ...
 		p.commit = func(int) {}
 	}
 	if set.groupCommit > 0 {
-		p.group = newCommitter(p, set.groupCommit, set.lockTimeout, set.lockedPause)
+		p.group = newCommitter(p, set.groupCommit, set.lockTimeout, set.lockedPause, set.lockWarnInterval)
 	}
 	return p, nil
 }
