@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -257,6 +258,36 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s", timeout, what)
+}
+
+// lockPartition takes an ACCESS EXCLUSIVE lock on the tenant's partition in
+// a transaction on a connection of its own, as an operator's migration
+// would, and holds it until release is called or the test ends.
+func (f *fixture) lockPartition() (release func()) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, shared.url)
+	require.NoError(f.t, err)
+	var partition string
+	err = conn.QueryRow(ctx, `SELECT partition_name FROM tenants WHERE id = $1`, f.tenant).Scan(&partition)
+	require.NoError(f.t, err)
+	tx, err := conn.Begin(ctx)
+	require.NoError(f.t, err)
+	_, err = tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{partition}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+	require.NoError(f.t, err)
+
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = tx.Rollback(ctx)
+			_ = conn.Close(ctx)
+		})
+	}
+	f.t.Cleanup(release)
+	return release
 }
 
 // faultyStore wraps the real store to inject failures into InsertBatch.

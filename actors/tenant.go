@@ -76,6 +76,7 @@ type tenant struct {
 	state    *TenantState
 	logger   *slog.Logger
 	attempts *attempts
+	retryLog *retryLog // of the workers' batch inserts
 	router   *router
 
 	desired  int
@@ -108,6 +109,7 @@ func NewTenantProps(id string, workerCount int, deps *Deps, state *TenantState) 
 			state:    state,
 			logger:   logger,
 			attempts: newAttempts(),
+			retryLog: newRetryLog(),
 			desired:  workerCount,
 			workers:  make(map[string]*actor.PID),
 			retiring: make(map[string]*actor.PID),
@@ -220,7 +222,7 @@ func (t *tenant) spawnWorker(c actor.Context) {
 	logger := t.logger.With("worker", t.nextName)
 	pending := new(atomic.Int64)
 	props := actor.PropsFromProducer(func() actor.Actor {
-		return newWorker(t.id, t.deps, t.attempts, pending, logger)
+		return newWorker(t.id, t.deps, t.attempts, t.retryLog, pending, logger)
 	}, actor.WithReceiverMiddleware(reportLifecycle))
 	pid := c.Spawn(props)
 	t.workers[pid.Id] = pid

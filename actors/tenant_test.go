@@ -2,6 +2,7 @@ package actors_test
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-messaging-system/messaging/actors"
+	"github.com/go-messaging-system/messaging/internal/testenv"
 	"github.com/go-messaging-system/messaging/persistence"
 	"github.com/go-messaging-system/messaging/transport"
 )
@@ -192,6 +194,48 @@ func TestWorkerRetriesTransientErrors(t *testing.T) {
 	f.waitCount(100, 30*time.Second)
 	require.GreaterOrEqual(t, f.counter(f.metrics.BatchRetries, f.tenant), 3.0)
 	require.Zero(t, f.counter(f.metrics.Duplicates, f.tenant))
+}
+
+func TestWorkersLogLockedPartitionOnce(t *testing.T) {
+	t.Parallel()
+	const retryMsg = "worker: batch insert failed, retrying"
+	const recoveredMsg = "worker: batch insert succeeded after retries"
+	f := setup(t, actors.Options{BatchSize: 5, RetryMin: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond}, nil)
+	logs := testenv.NewLogRecorder(slog.LevelDebug)
+	f.deps.Logger = slog.New(logs)
+	release := f.lockPartition()
+	f.spawn(3)
+	f.publish("l", 0, 30)
+
+	// Every worker's batch waits for the lock, gives up after the lock
+	// timeout and is retried.
+	var retries []testenv.LogRecord
+	eventually(t, 30*time.Second, "a retry by each of the 3 workers", func() bool {
+		retries = append(retries, logs.Take(retryMsg)...)
+		workers := make(map[any]bool)
+		for _, r := range retries {
+			workers[r.Attrs["worker"]] = true
+		}
+		return len(workers) == 3
+	})
+	release()
+	f.waitCount(30, 30*time.Second)
+
+	retries = append(retries, logs.Take(retryMsg)...)
+	warnings := 0
+	for _, r := range retries {
+		if r.Level == slog.LevelWarn {
+			warnings++
+		}
+	}
+	require.Equal(t, 1, warnings, "one warning for the lock, not one per worker, among %d retries", len(retries))
+	recovered := logs.Take(recoveredMsg)
+	require.NotEmpty(t, recovered, "the end of the retries is logged")
+	require.Equal(t, "INFO", recovered[0].Level.String(), "the first commit after the retries")
+	require.GreaterOrEqual(t, recovered[0].Attrs["tenant_retries"], int64(3))
+	for _, r := range recovered[1:] {
+		require.Equal(t, "DEBUG", r.Level.String(), "the other workers' commits after retries")
+	}
 }
 
 func TestTenantStopKeepsUnstoredMessagesQueued(t *testing.T) {

@@ -58,6 +58,7 @@ type worker struct {
 	tenantID string
 	deps     *Deps
 	attempts *attempts
+	retryLog *retryLog // shared by the tenant's workers
 	logger   *slog.Logger
 
 	batch       []pending
@@ -66,13 +67,14 @@ type worker struct {
 	idleCheck   bool          // a flushIfIdle is in the mailbox
 	timer       *time.Timer
 	timerGen    uint64
-	retryStreak int // consecutive transient failures, for log rate limiting
+	retryStreak int // retried failures since the last committed batch
 }
 
 var _ actor.Actor = (*worker)(nil)
 
-func newWorker(tenantID string, deps *Deps, att *attempts, routed *atomic.Int64, logger *slog.Logger) *worker {
-	return &worker{tenantID: tenantID, deps: deps, attempts: att, routed: routed, logger: logger}
+func newWorker(tenantID string, deps *Deps, att *attempts, retryLog *retryLog, routed *atomic.Int64,
+	logger *slog.Logger) *worker {
+	return &worker{tenantID: tenantID, deps: deps, attempts: att, retryLog: retryLog, routed: routed, logger: logger}
 }
 
 // Receive handles one message of the worker's mailbox.
@@ -229,7 +231,7 @@ func (w *worker) store(msgs []persistence.Message, index []int) {
 
 // insertWithRetry retries transient database errors with capped exponential
 // backoff until the batch commits, the error is permanent or the deps
-// context ends.
+// context ends. The tenant's retryLog logs the retries.
 func (w *worker) insertWithRetry(msgs []persistence.Message) ([]persistence.Result, error) {
 	ctx := w.deps.Context
 	wait := w.deps.Options.RetryMin
@@ -237,7 +239,7 @@ func (w *worker) insertWithRetry(msgs []persistence.Message) ([]persistence.Resu
 		results, err := w.deps.Store.InsertBatch(ctx, w.tenantID, msgs)
 		if err == nil {
 			if w.retryStreak > 0 {
-				w.logger.Info("worker: batch insert succeeded after retries", "retries", w.retryStreak)
+				w.retryLog.succeeded(w.logger, w.retryStreak)
 				w.retryStreak = 0
 			}
 			return results, nil
@@ -248,10 +250,7 @@ func (w *worker) insertWithRetry(msgs []persistence.Message) ([]persistence.Resu
 
 		w.retryStreak++
 		w.deps.Metrics.BatchRetries.WithLabelValues(w.tenantID).Inc()
-		if w.retryStreak == 1 || w.retryStreak%10 == 0 {
-			w.logger.Warn("worker: batch insert failed, retrying", "err", err,
-				"batch_size", len(msgs), "retries", w.retryStreak, "wait", wait)
-		}
+		w.retryLog.retry(w.logger, err, len(msgs), w.retryStreak, wait)
 		if !sleep(ctx, jitter(wait)) {
 			return nil, ctx.Err()
 		}
