@@ -40,6 +40,10 @@ func (r *Run) Add(now time.Time) (count int, started time.Time, warn bool) {
 
 // End ends the run and returns its count and start. ok is false when no
 // run was open.
+//
+// NOTE: a repeat that was under way when the fault ended, such as an
+// insert whose lock timeout fires as the lock is released, can come after
+// End. It starts a new run, which logs one more warning.
 func (r *Run) End() (count int, started time.Time, ok bool) {
 	if !r.open {
 		return 0, time.Time{}, false
