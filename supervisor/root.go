@@ -82,7 +82,7 @@ func (r *rootActor) scheduleSync(c actor.Context) {
 
 // sync makes the running tenant actors match the tenants table: it starts
 // missing ones, stops those whose row is gone and applies changed worker
-// counts. Tenants being deleted are left alone.
+// counts. Tenants whose actor is being stopped are left alone.
 func (r *rootActor) sync(c actor.Context) error {
 	if r.stopping {
 		return nil
@@ -102,7 +102,7 @@ func (r *rootActor) sync(c actor.Context) error {
 			// with many tenants costs no extra round trips, and a broker
 			// fault delays only that tenant.
 			r.spawn(c, t)
-		case !e.deleting && e.workerCount != t.WorkerCount:
+		case !e.stopping && e.workerCount != t.WorkerCount:
 			r.logger.Info("supervisor: worker count changed in the tenants table", "tenant_id", t.ID,
 				"worker_count", t.WorkerCount)
 			e.workerCount = t.WorkerCount
@@ -110,7 +110,7 @@ func (r *rootActor) sync(c actor.Context) error {
 		}
 	}
 	for id, e := range r.sup.entries {
-		if !seen[id] && !e.deleting {
+		if !seen[id] && !e.stopping {
 			r.logger.Info("supervisor: tenant row is gone; stopping its actor", "tenant_id", id)
 			r.stopTenant(c, id, e, func() { r.forget(id) })
 		}
@@ -163,7 +163,11 @@ func (r *rootActor) create(c actor.Context, t persistence.Tenant) {
 
 func (r *rootActor) resize(c actor.Context, m *resizeRequest) {
 	e := r.sup.entries[m.id]
-	if e == nil || e.deleting || r.stopping {
+	switch {
+	case e != nil && e.deleting:
+		c.Respond(&reply{err: ErrDeleting})
+		return
+	case e == nil || e.stopping || r.stopping:
 		c.Respond(&reply{err: persistence.ErrTenantNotFound})
 		return
 	}
@@ -185,16 +189,28 @@ func (r *rootActor) resize(c actor.Context, m *resizeRequest) {
 
 func (r *rootActor) delete(c actor.Context, id string) {
 	e := r.sup.entries[id]
-	if e == nil || e.deleting {
+	switch {
+	case e == nil:
 		// The row may exist without an actor (created outside this
 		// process since the last sync): delete what is there.
-		if e == nil {
-			c.Respond(&reply{err: r.removeTenant(id)})
-			return
-		}
+		c.Respond(&reply{err: r.removeTenant(id)})
+		return
+	case e.deleting:
+		// The first delete may still fail and keep the tenant, so this
+		// one must not report the tenant missing.
+		c.Respond(&reply{err: ErrDeleting})
+		return
+	case e.stopping:
+		// Stopped by the sync because its row is gone, or by Shutdown.
 		c.Respond(&reply{err: persistence.ErrTenantNotFound})
 		return
 	}
+	// Until this delete ends, Available reports the tenant as being
+	// deleted rather than missing, because a delete that fails starts the
+	// tenant again.
+	r.sup.mu.Lock()
+	e.deleting = true
+	r.sup.mu.Unlock()
 	r.stopTenant(c, id, e, func() {
 		err := r.removeTenant(id)
 		if err == nil || !r.resume(c, id) {
@@ -275,7 +291,7 @@ func (r *rootActor) resume(c actor.Context, id string) bool {
 // terminated.
 func (r *rootActor) stopTenant(c actor.Context, id string, e *entry, then func()) {
 	r.sup.mu.Lock()
-	e.deleting = true
+	e.stopping = true
 	r.sup.mu.Unlock()
 	timeout := r.deps.Options.DrainTimeout + 5*time.Second
 	f := c.RequestFuture(e.pid, &actors.Stop{}, timeout)
@@ -306,7 +322,7 @@ func (r *rootActor) shutdown(c actor.Context) {
 	}
 	remaining := 0
 	for id, e := range r.sup.entries {
-		if e.deleting {
+		if e.stopping {
 			continue
 		}
 		remaining++

@@ -22,6 +22,11 @@ import (
 // ErrStopped is returned by requests made after Shutdown.
 var ErrStopped = errors.New("supervisor stopped")
 
+// ErrDeleting is returned for a tenant while a delete of it is in
+// progress. The tenant may exist afterwards: a delete that fails starts it
+// again.
+var ErrDeleting = errors.New("tenant is being deleted")
+
 // Store is the part of the database that the supervisor uses.
 type Store interface {
 	CreateTenant(ctx context.Context, t persistence.Tenant) (persistence.Tenant, error)
@@ -58,7 +63,12 @@ type entry struct {
 	pid         *actor.PID
 	state       *actors.TenantState
 	workerCount int // as last sent to the actor
-	deleting    bool
+	// stopping is set once the actor is asked to stop. A tenant that runs
+	// again afterwards gets a new entry.
+	stopping bool
+	// deleting is set while a delete request stops the actor and removes
+	// the tenant.
+	deleting bool
 }
 
 // Supervisor is the handle of the root actor. Its methods are safe for
@@ -157,7 +167,10 @@ func (s *Supervisor) Resize(ctx context.Context, id string, workerCount int) (Te
 
 // Delete stops the tenant's actor, then removes its row, partition, queues
 // and metric series. When that fails, nothing is removed and the tenant's
-// actor is started again.
+// actor is started again. A Delete or Resize of the tenant that the root
+// actor takes up while a delete stops the tenant's actor returns
+// ErrDeleting. One that arrives while the delete works on the database and
+// the broker waits for it to end.
 func (s *Supervisor) Delete(ctx context.Context, id string) error {
 	_, err := s.request(ctx, &deleteRequest{id: id})
 	return err
@@ -198,12 +211,29 @@ func (s *Supervisor) withState(t persistence.Tenant) Tenant {
 }
 
 // Running reports whether a tenant actor runs for id and is not being
-// deleted. The HTTP publish path checks it before publishing.
+// stopped.
 func (s *Supervisor) Running(id string) bool {
+	return s.Available(id) == nil
+}
+
+// Available returns nil when a tenant actor runs for id and is not being
+// stopped, ErrDeleting while a delete of the tenant is in progress, and
+// persistence.ErrTenantNotFound otherwise. The HTTP publish path checks it
+// before publishing. It does not wait for the root actor, which runs the
+// database part of a delete in its own turn.
+func (s *Supervisor) Available(id string) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	e := s.entries[id]
-	return e != nil && !e.deleting
+	switch {
+	case e == nil:
+		return persistence.ErrTenantNotFound
+	case e.deleting:
+		return ErrDeleting
+	case e.stopping:
+		return persistence.ErrTenantNotFound
+	}
+	return nil
 }
 
 // Ready returns an error naming the tenants whose consumer does not run.
@@ -211,7 +241,7 @@ func (s *Supervisor) Ready() error {
 	s.mu.RLock()
 	var down []string
 	for id, e := range s.entries {
-		if !e.deleting && !e.state.ConsumerRunning() {
+		if !e.stopping && !e.state.ConsumerRunning() {
 			down = append(down, id)
 		}
 	}

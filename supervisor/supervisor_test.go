@@ -14,6 +14,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 
@@ -430,6 +431,8 @@ func TestSupervisorFailedDeleteKeepsTenant(t *testing.T) {
 			Scan(&waiting)
 		return err == nil && waiting
 	})
+	require.ErrorIs(t, sup.Available(id), supervisor.ErrDeleting,
+		"while the delete waits, the tenant may still come back, so it is not reported missing")
 	returned := publish(t, id, "during", `{"n":10}`, `{"n":11}`, `{"n":12}`)
 	require.Zero(t, returned, "the queue was deleted while the delete still waited for the partition")
 	ready, consumers, err := f.broker.QueueDepth(ctx, id)
@@ -444,6 +447,7 @@ func TestSupervisorFailedDeleteKeepsTenant(t *testing.T) {
 	}
 	require.True(t, persistence.IsRetryable(err), "error: %v", err)
 	require.True(t, sup.Running(id), "the tenant does not run after the failed delete")
+	require.NoError(t, sup.Available(id))
 	_, err = f.store.GetTenant(ctx, id)
 	require.NoError(t, err, "the failed delete removed the tenant row")
 	require.Equal(t, 1, queueLength(t, transport.DeadLetterQueueName(id)), "the failed delete emptied the DLQ")
@@ -455,4 +459,67 @@ func TestSupervisorFailedDeleteKeepsTenant(t *testing.T) {
 	})
 
 	f.requireDelete(sup, id)
+	require.ErrorIs(t, sup.Available(id), persistence.ErrTenantNotFound)
+}
+
+// TestSupervisorDeletingTenantIsNotMissing checks the errors that other
+// calls return while a delete stops a tenant whose worker cannot commit.
+// The tenant is being deleted, not missing, because the delete may still
+// fail. Once the delete succeeds, the tenant is missing.
+func TestSupervisorDeletingTenantIsNotMissing(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	sup := f.start()
+	ctx := ctxT(t)
+	id := f.tenantID()
+	_, err := sup.Create(ctx, persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
+	require.NoError(t, err)
+	require.NoError(t, sup.Available(id))
+
+	// The worker takes the message and retries its insert until the lock
+	// is gone, so the delete waits for the worker to drain.
+	release := f.holdPartitionLock(id)
+	require.Zero(t, publish(t, id, "held", `{"n":0}`))
+	eventually(t, 10*time.Second, "a retried insert", func() bool {
+		return testutil.ToFloat64(f.deps.Metrics.BatchRetries.WithLabelValues(id)) > 0
+	})
+	deleted := make(chan error, 1)
+	go func() { deleted <- sup.Delete(ctx, id) }()
+	eventually(t, 10*time.Second, "the delete to start", func() bool { return !sup.Running(id) })
+
+	// Several callers at once, as HTTP publishes would be.
+	errs := make([]error, 8)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = sup.Available(id)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		require.ErrorIs(t, err, supervisor.ErrDeleting, "caller %d", i)
+	}
+	require.False(t, sup.Running(id))
+	_, err = sup.Resize(ctx, id, 2)
+	require.ErrorIs(t, err, supervisor.ErrDeleting)
+	require.ErrorIs(t, sup.Delete(ctx, id), supervisor.ErrDeleting)
+	select {
+	case err := <-deleted:
+		t.Fatalf("the delete ended while the worker could not commit: %v", err)
+	default:
+	}
+
+	release()
+	select {
+	case err := <-deleted:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the delete did not end within 30s of the lock's release")
+	}
+	require.ErrorIs(t, sup.Available(id), persistence.ErrTenantNotFound)
+	_, err = sup.Resize(ctx, id, 2)
+	require.ErrorIs(t, err, persistence.ErrTenantNotFound)
+	require.ErrorIs(t, sup.Delete(ctx, id), persistence.ErrTenantNotFound)
 }
