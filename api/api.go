@@ -55,13 +55,18 @@ type TenantView struct {
 	CreatedAt      time.Time `json:"created_at"`
 }
 
+// ErrTenantDeleting is wrapped by Tenants and Publisher errors for a tenant
+// while a delete of it is in progress. The API responds 503 with
+// Retry-After, not 404, because a delete that fails keeps the tenant.
+var ErrTenantDeleting = errors.New("tenant is being deleted")
+
 // Tenants manages tenants and their workers.
 type Tenants interface {
 	// Create returns persistence.ErrTenantExists when the id is taken.
 	Create(ctx context.Context, id, name string, workerCount int) (TenantView, error)
 	List(ctx context.Context) ([]TenantView, error)
 	// Get, Resize and Delete return persistence.ErrTenantNotFound for an
-	// unknown id.
+	// unknown id. Resize and Delete may return ErrTenantDeleting.
 	Get(ctx context.Context, id string) (TenantView, error)
 	Resize(ctx context.Context, id string, workerCount int) (TenantView, error)
 	Delete(ctx context.Context, id string) error
@@ -69,7 +74,9 @@ type Tenants interface {
 
 // Publisher sends messages to a tenant's queue and returns once the broker
 // has confirmed all of them. An error wrapping transport.ErrUnavailable
-// means the broker is down or did not confirm in time.
+// means the broker is down or did not confirm in time. It returns
+// persistence.ErrTenantNotFound for a tenant that does not run and
+// ErrTenantDeleting for one whose delete is in progress.
 type Publisher interface {
 	Publish(ctx context.Context, tenantID string, msgs []transport.OutgoingMessage) error
 }

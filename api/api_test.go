@@ -429,6 +429,53 @@ func TestErrUnavailableMapsTo503(t *testing.T) {
 	require.Equal(t, "5", rec.Header().Get("Retry-After"))
 }
 
+func TestTenantDeletingMapsTo503(t *testing.T) {
+	t.Parallel()
+	admin := adminToken(t)
+	cases := []struct {
+		name      string
+		publisher bool // the error comes from the publisher, else from Tenants
+		req       request
+	}{
+		{"publish", true, request{method: http.MethodPost, path: "/api/v1/messages",
+			token: tenantToken(t, "alpha"), body: `{"payload": 1}`}},
+		{"resize", false, request{method: http.MethodPut, path: "/api/v1/tenants/alpha/config/concurrency",
+			token: admin, body: `{"worker_count": 2}`}},
+		{"delete", false, request{method: http.MethodDelete, path: "/api/v1/tenants/alpha", token: admin}},
+	}
+	for _, tc := range cases {
+		env := setup(t)
+		err := fmt.Errorf("supervisor: %w", ErrTenantDeleting)
+		if tc.publisher {
+			env.pub.err = err
+		} else {
+			env.tenants.err = err
+		}
+
+		rec := env.do(t, tc.req)
+		requireProblem(t, rec, http.StatusServiceUnavailable, "the tenant is being deleted")
+		require.Equal(t, "5", rec.Header().Get("Retry-After"), tc.name)
+	}
+}
+
+// A tenant token for another tenant gets the same 404 whether or not that
+// tenant is being deleted.
+func TestTenantDeletingHiddenFromOtherTenants(t *testing.T) {
+	t.Parallel()
+	env := setup(t)
+	env.tenants.err = ErrTenantDeleting
+	gamma := tenantToken(t, "gamma")
+
+	for _, path := range []string{"/api/v1/tenants/%s", "/api/v1/tenants/%s/messages"} {
+		deleting := env.do(t, request{method: http.MethodGet, path: fmt.Sprintf(path, "alpha"), token: gamma})
+		unknown := env.do(t, request{method: http.MethodGet, path: fmt.Sprintf(path, "ghost"), token: gamma})
+		requireProblem(t, deleting, http.StatusNotFound, "tenant not found")
+		require.Equal(t, unknown.Code, deleting.Code, path)
+		require.Equal(t, unknown.Header(), deleting.Header(), path)
+		require.Equal(t, unknown.Body.String(), deleting.Body.String(), path)
+	}
+}
+
 func TestLostDatabaseMapsTo503(t *testing.T) {
 	t.Parallel()
 	env := setup(t)

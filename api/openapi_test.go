@@ -45,8 +45,10 @@ const (
 	noFault fault = iota
 	tenantsFail
 	tenantsDown
+	tenantsDeleting
 	publisherFail
 	publisherDown
+	publisherDeleting
 	messagesFail
 	messagesDown
 	deadLettersFail
@@ -116,6 +118,7 @@ func conformanceCases(t *testing.T) []conformanceCase {
 		{name: "delete unknown", req: send("DELETE", "/api/v1/tenants/ghost", admin, ""), want: 404},
 		{name: "delete fails", req: send("DELETE", tenant, admin, ""), fault: tenantsFail, want: 500},
 		{name: "delete down", req: send("DELETE", tenant, admin, ""), fault: tenantsDown, want: 503},
+		{name: "delete while deleting", req: send("DELETE", tenant, admin, ""), fault: tenantsDeleting, want: 503},
 
 		{name: "resize", req: send("PUT", resize, admin, `{"worker_count": 4}`), want: 200},
 		{name: "resize invalid", req: send("PUT", resize, admin, `{"worker_count": 0}`), want: 400, invalid: true},
@@ -127,6 +130,7 @@ func conformanceCases(t *testing.T) []conformanceCase {
 			contentType: "text/plain"}, want: 415, invalid: true},
 		{name: "resize fails", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsFail, want: 500},
 		{name: "resize down", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsDown, want: 503},
+		{name: "resize while deleting", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsDeleting, want: 503},
 
 		{name: "tenant messages", req: get(tmsgs+"?limit=2", admin), want: 200},
 		{name: "tenant messages own", req: get(tmsgs, alpha), want: 200},
@@ -149,6 +153,7 @@ func conformanceCases(t *testing.T) []conformanceCase {
 		{name: "publish rate limited", req: send("POST", messages, alpha, `{"payload": 1}`), fault: rateLimited, want: 429},
 		{name: "publish fails", req: send("POST", messages, alpha, `{"payload": 1}`), fault: publisherFail, want: 500},
 		{name: "publish down", req: send("POST", messages, alpha, `{"payload": 1}`), fault: publisherDown, want: 503},
+		{name: "publish while deleting", req: send("POST", messages, alpha, `{"payload": 1}`), fault: publisherDeleting, want: 503},
 
 		{name: "messages", req: get(messages+"?limit=1000", alpha), want: 200},
 		{name: "messages bad limit", req: get(messages+"?limit=1001", alpha), want: 400, invalid: true},
@@ -217,10 +222,14 @@ func conformanceEnv(t *testing.T, f fault) *testEnv {
 		env.tenants.err = errBoom
 	case tenantsDown:
 		env.tenants.err = errDown
+	case tenantsDeleting:
+		env.tenants.err = ErrTenantDeleting
 	case publisherFail:
 		env.pub.err = errBoom
 	case publisherDown:
 		env.pub.err = errDown
+	case publisherDeleting:
+		env.pub.err = ErrTenantDeleting
 	case messagesFail:
 		env.msgs.err = errBoom
 	case messagesDown:

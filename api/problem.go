@@ -90,6 +90,12 @@ func (h *handler) writeBackendError(w http.ResponseWriter, r *http.Request, op s
 	switch {
 	case errors.Is(err, persistence.ErrTenantNotFound):
 		tenantNotFound(w)
+	case errors.Is(err, ErrTenantDeleting):
+		// Routes reach this only for a tenant the caller may see, so a
+		// tenant token learns nothing about other tenants from it.
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeProblem(w, http.StatusServiceUnavailable,
+			"the tenant is being deleted and is unavailable until the delete ends; retry later")
 	case errors.Is(err, transport.ErrQueueNotFound):
 		writeProblem(w, http.StatusNotFound, "the tenant's queue does not exist on the broker")
 	case errors.Is(err, persistence.ErrTenantExists):

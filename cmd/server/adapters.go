@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 
 	"github.com/go-messaging-system/messaging/api"
 	"github.com/go-messaging-system/messaging/persistence"
@@ -48,23 +49,35 @@ func (s tenantService) Get(ctx context.Context, id string) (api.TenantView, erro
 
 func (s tenantService) Resize(ctx context.Context, id string, workerCount int) (api.TenantView, error) {
 	t, err := s.sup.Resize(ctx, id, workerCount)
-	return view(t), err
+	return view(t), apiError(err)
 }
 
 func (s tenantService) Delete(ctx context.Context, id string) error {
-	return s.sup.Delete(ctx, id)
+	return apiError(s.sup.Delete(ctx, id))
+}
+
+// apiError converts the supervisor's ErrDeleting into the API's
+// ErrTenantDeleting, which maps to 503, and returns other errors
+// unchanged.
+func apiError(err error) error {
+	if errors.Is(err, supervisor.ErrDeleting) {
+		return api.ErrTenantDeleting
+	}
+	return err
 }
 
 // publisher publishes only for tenants whose actor runs, so a message for a
-// deleted tenant is rejected instead of vanishing in the exchange.
+// deleted tenant is rejected instead of vanishing in the exchange. While a
+// delete of the tenant is in progress it returns api.ErrTenantDeleting,
+// because a delete that fails keeps the tenant.
 type publisher struct {
 	broker *transport.Broker
 	sup    *supervisor.Supervisor
 }
 
 func (p publisher) Publish(ctx context.Context, tenantID string, msgs []transport.OutgoingMessage) error {
-	if !p.sup.Running(tenantID) {
-		return persistence.ErrTenantNotFound
+	if err := p.sup.Available(tenantID); err != nil {
+		return apiError(err)
 	}
 	return p.broker.Publish(ctx, tenantID, msgs)
 }
