@@ -4,9 +4,11 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -230,12 +232,7 @@ func TestTenantDeleteWhilePartitionLocked(t *testing.T) {
 	default:
 	}
 
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(adminTimeout):
-		t.Fatalf("DELETE did not return within %s", adminTimeout)
-	}
+	r := awaitDelete(t, done)
 	require.NoError(t, r.err)
 	require.Equal(t, http.StatusServiceUnavailable, r.status, "DELETE with the partition locked: %s", r.body)
 	t.Logf("DELETE with the partition locked: %d in %s (%s)", r.status, r.took.Round(time.Millisecond),
@@ -254,4 +251,141 @@ func TestTenantDeleteWhilePartitionLocked(t *testing.T) {
 	call(t, http.MethodDelete, e.url("/api/v1/tenants/"+id), e.admin, nil, http.StatusNoContent, nil)
 	time.Sleep(2500 * time.Millisecond) // two sync intervals: the tenant must not come back
 	requireTenantGone(t, e, id)
+}
+
+// awaitDelete waits up to adminTimeout for the result of a DELETE that
+// runs in a goroutine.
+func awaitDelete[T any](t *testing.T, done <-chan T) T {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(adminTimeout):
+	}
+	t.Fatalf("DELETE did not return within %s", adminTimeout)
+	var zero T
+	return zero
+}
+
+// publishResult is the response to one HTTP publish.
+type publishResult struct {
+	status int
+	header http.Header
+	body   []byte
+	err    error
+}
+
+// publishOne publishes one message with the id over HTTP. It does not
+// touch t, so that goroutines can call it.
+func publishOne(e *env, token, messageID string) publishResult {
+	var r publishResult
+	r.status, r.header, r.body, r.err = doWithHeader(http.MethodPost, e.url("/api/v1/messages"), token,
+		map[string]any{"message_id": messageID, "payload": map[string]any{"id": messageID}})
+	return r
+}
+
+// requireDeleting checks that r is the 503 for a tenant being deleted: a
+// problem document with Retry-After.
+func requireDeleting(t *testing.T, r publishResult, label string) {
+	t.Helper()
+	require.NoError(t, r.err, label)
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "%s: %s", label, r.body)
+	require.Equal(t, "5", r.header.Get("Retry-After"), label)
+	require.Equal(t, "application/problem+json", r.header.Get("Content-Type"), label)
+	var p struct {
+		Status int    `json:"status"`
+		Detail string `json:"detail"`
+	}
+	require.NoError(t, json.Unmarshal(r.body, &p), "%s: %s", label, r.body)
+	require.Equal(t, http.StatusServiceUnavailable, p.Status, label)
+	require.Contains(t, p.Detail, "the tenant is being deleted", label)
+}
+
+// TestPublishDuringTenantDeleteAnswers503 publishes over HTTP while a
+// DELETE waits for a locked partition. The tenant may outlive the DELETE,
+// so the publishes get 503 with Retry-After, not 404. After the DELETE
+// fails they are accepted again, and after a DELETE that succeeds they get
+// 404.
+func TestPublishDuringTenantDeleteAnswers503(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start(t)
+	id := e.createTenant(t, "life-pub503", 1)
+	other := e.createTenant(t, "life-other", 1)
+	token, otherToken := e.tenantToken(t, id), e.tenantToken(t, other)
+	r := publishOne(e, token, "before-0")
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusAccepted, r.status, "%s", r.body)
+	waitDrained(t, id)
+
+	// The DELETE waits 3 s for the partition and then fails, as in
+	// TestTenantDeleteWhilePartitionLocked.
+	unlock := lockPartition(t, e.databaseURL, partitionName(t, e.databaseURL, id), 6*time.Second)
+	done := make(chan publishResult, 1)
+	began := time.Now()
+	go func() {
+		var r publishResult
+		r.status, r.header, r.body, r.err = doWithHeader(http.MethodDelete, e.url("/api/v1/tenants/"+id), e.admin, nil)
+		done <- r
+	}()
+	waitForLockWait(t, e.databaseURL, "%LOCK TABLE%")
+
+	// Several producers at once, each publishing a few times while the
+	// DELETE waits.
+	const producers, rounds = 8, 3
+	results := make([][]publishResult, producers)
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := range rounds {
+				results[p] = append(results[p], publishOne(e, token, fmt.Sprintf("during-%d-%d", p, round)))
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case r := <-done:
+		t.Fatalf("DELETE returned %d before the publishes ended; lock the partition longer", r.status)
+	default:
+	}
+	for p, rs := range results {
+		for round, r := range rs {
+			requireDeleting(t, r, fmt.Sprintf("publish %d of producer %d during the DELETE", round, p))
+		}
+	}
+
+	// A token of another tenant gets the same 404 for the tenant being
+	// deleted as for one that never existed.
+	status, deletingBody, err := do(http.MethodGet, e.url("/api/v1/tenants/"+id), otherToken, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusNotFound, status, "%s", deletingBody)
+	status, unknownBody, err := do(http.MethodGet, e.url("/api/v1/tenants/"+id+"-none"), otherToken, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusNotFound, status, "%s", unknownBody)
+	require.Equal(t, string(unknownBody), string(deletingBody))
+
+	r = awaitDelete(t, done)
+	took := time.Since(began)
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "DELETE with the partition locked: %s", r.body)
+	t.Logf("%d publishes during the DELETE got 503 (%s); the DELETE got 503 after %s",
+		producers*rounds, strings.TrimSpace(string(results[0][0].body)), took.Round(time.Millisecond))
+
+	// The failed DELETE started the tenant again.
+	r = publishOne(e, token, "after-0")
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusAccepted, r.status, "publish after the failed DELETE: %s", r.body)
+	unlock()
+	waitDrained(t, id)
+	requireExactlyOnce(t, e.databaseURL, id, map[string]bool{"before-0": true, "after-0": true})
+
+	call(t, http.MethodDelete, e.url("/api/v1/tenants/"+id), e.admin, nil, http.StatusNoContent, nil)
+	r = publishOne(e, token, "gone-0")
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusNotFound, r.status, "publish after the DELETE: %s", r.body)
+	require.Contains(t, string(r.body), "tenant not found")
+	call(t, http.MethodGet, e.url("/api/v1/tenants/"+id), token, nil, http.StatusNotFound, nil)
 }

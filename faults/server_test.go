@@ -124,11 +124,17 @@ func (e *env) ready() (int, string) {
 // do sends a JSON request and returns the status code and the body. It does
 // not touch t, so producer goroutines use it too.
 func do(method, url, token string, body any) (int, []byte, error) {
+	status, _, data, err := doWithHeader(method, url, token, body)
+	return status, data, err
+}
+
+// doWithHeader is do that also returns the response header.
+func doWithHeader(method, url, token string, body any) (int, http.Header, []byte, error) {
 	var r io.Reader
 	if body != nil {
 		data, err := json.Marshal(body)
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, nil, err
 		}
 		r = bytes.NewReader(data)
 	}
@@ -136,7 +142,7 @@ func do(method, url, token string, body any) (int, []byte, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, r)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -146,11 +152,11 @@ func do(method, url, token string, body any) (int, []byte, error) {
 	}
 	res, err := httpClient.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	defer res.Body.Close()
 	data, err := io.ReadAll(res.Body)
-	return res.StatusCode, data, err
+	return res.StatusCode, res.Header, data, err
 }
 
 // call sends a JSON request, requires the status want and decodes the
