@@ -277,6 +277,8 @@ func (r *rootActor) resume(c actor.Context, id string) bool {
 	t, err := r.store.GetTenant(ctx, id)
 	if err != nil {
 		if !errors.Is(err, persistence.ErrTenantNotFound) {
+			// NOTE: until that sync, Available reports the tenant missing,
+			// so publishing for it gets 404 although its row may exist.
 			r.logger.Warn("supervisor: tenant row unreadable after a failed delete; the next sync restarts it",
 				"tenant_id", id, "err", err)
 		}
