@@ -41,6 +41,10 @@ type rootActor struct {
 
 	syncTimer *time.Timer
 	stopping  bool
+	// stops counts the tenant actors being stopped, for a delete, a sync
+	// or Shutdown. Shutdown responds to waiters once it reaches zero.
+	stops   int
+	waiters []*actor.PID
 }
 
 // Receive handles one message of the root actor's mailbox.
@@ -164,10 +168,13 @@ func (r *rootActor) create(c actor.Context, t persistence.Tenant) {
 func (r *rootActor) resize(c actor.Context, m *resizeRequest) {
 	e := r.sup.entries[m.id]
 	switch {
+	case r.stopping:
+		c.Respond(&reply{err: ErrStopped})
+		return
 	case e != nil && e.deleting:
 		c.Respond(&reply{err: ErrDeleting})
 		return
-	case e == nil || e.stopping || r.stopping:
+	case e == nil || e.stopping:
 		c.Respond(&reply{err: persistence.ErrTenantNotFound})
 		return
 	}
@@ -190,6 +197,9 @@ func (r *rootActor) resize(c actor.Context, m *resizeRequest) {
 func (r *rootActor) delete(c actor.Context, id string) {
 	e := r.sup.entries[id]
 	switch {
+	case r.stopping:
+		c.Respond(&reply{err: ErrStopped})
+		return
 	case e == nil:
 		// The row may exist without an actor (created outside this
 		// process since the last sync): delete what is there.
@@ -201,7 +211,7 @@ func (r *rootActor) delete(c actor.Context, id string) {
 		c.Respond(&reply{err: ErrDeleting})
 		return
 	case e.stopping:
-		// Stopped by the sync because its row is gone, or by Shutdown.
+		// Stopped by the sync because its row is gone.
 		c.Respond(&reply{err: persistence.ErrTenantNotFound})
 		return
 	}
@@ -289,19 +299,30 @@ func (r *rootActor) resume(c actor.Context, id string) bool {
 	return true
 }
 
-// stopTenant stops a tenant actor gracefully and runs then once it has
-// terminated.
+// stopTenant marks the tenant as stopping, which Available reports, then
+// stops its actor gracefully and runs then once it has terminated.
 func (r *rootActor) stopTenant(c actor.Context, id string, e *entry, then func()) {
 	r.sup.mu.Lock()
 	e.stopping = true
 	r.sup.mu.Unlock()
+	r.stopActor(c, id, e, then)
+}
+
+// stopActor stops a tenant actor gracefully and runs then once it has
+// terminated.
+func (r *rootActor) stopActor(c actor.Context, id string, e *entry, then func()) {
+	r.stops++
 	timeout := r.deps.Options.DrainTimeout + 5*time.Second
 	f := c.RequestFuture(e.pid, &actors.Stop{}, timeout)
 	c.ReenterAfter(f, func(_ any, err error) {
 		if err != nil {
 			r.logger.Warn("supervisor: tenant actor did not stop gracefully", "tenant_id", id, "err", err)
 		}
-		c.ReenterAfter(c.StopFuture(e.pid), func(any, error) { then() })
+		c.ReenterAfter(c.StopFuture(e.pid), func(any, error) {
+			then()
+			r.stops--
+			r.respondIfStopped(c)
+		})
 	})
 }
 
@@ -316,29 +337,41 @@ func (r *rootActor) forget(id string) {
 }
 
 // shutdown stops every tenant actor gracefully, in parallel, and responds
-// when all have stopped.
+// when all have stopped, those that a delete or a sync was stopping
+// included, so that no delete is cut off halfway. The entries stay and are
+// not marked as stopping: the tenants' queues stay too, so Available goes
+// on reporting them while the HTTP publishes in flight finish.
 func (r *rootActor) shutdown(c actor.Context) {
-	r.stopping = true
-	if r.syncTimer != nil {
-		r.syncTimer.Stop()
+	if sender := c.Sender(); sender != nil {
+		r.waiters = append(r.waiters, sender)
 	}
-	remaining := 0
-	for id, e := range r.sup.entries {
-		if e.stopping {
-			continue
+	if !r.stopping {
+		r.stopping = true
+		r.sup.mu.Lock()
+		r.sup.shuttingDown = true
+		r.sup.mu.Unlock()
+		if r.syncTimer != nil {
+			r.syncTimer.Stop()
 		}
-		remaining++
-		r.stopTenant(c, id, e, func() {
-			r.forget(id)
-			remaining--
-			if remaining == 0 {
-				c.Respond(&reply{})
+		for id, e := range r.sup.entries {
+			if !e.stopping {
+				r.stopActor(c, id, e, func() {})
 			}
-		})
+		}
 	}
-	if remaining == 0 {
-		c.Respond(&reply{})
+	r.respondIfStopped(c)
+}
+
+// respondIfStopped replies to the Shutdown requests once no tenant actor
+// is stopping any more.
+func (r *rootActor) respondIfStopped(c actor.Context) {
+	if !r.stopping || r.stops > 0 {
+		return
 	}
+	for _, w := range r.waiters {
+		c.Send(w, &reply{})
+	}
+	r.waiters = nil
 }
 
 // withStatus combines a tenant row with a tenant actor's *actors.Status

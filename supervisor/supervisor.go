@@ -19,7 +19,7 @@ import (
 	"github.com/go-messaging-system/messaging/persistence"
 )
 
-// ErrStopped is returned by requests made after Shutdown.
+// ErrStopped is returned by requests made once Shutdown has begun.
 var ErrStopped = errors.New("supervisor stopped")
 
 // ErrDeleting is returned for a tenant while a delete of it is in
@@ -63,7 +63,8 @@ type entry struct {
 	pid         *actor.PID
 	state       *actors.TenantState
 	workerCount int // as last sent to the actor
-	// stopping is set once the actor is asked to stop. A tenant that runs
+	// stopping is set once the actor is asked to stop for a delete or
+	// because the tenant's row is gone, not by Shutdown. A tenant that runs
 	// again afterwards gets a new entry.
 	stopping bool
 	// deleting is set while a delete request stops the actor and removes
@@ -80,9 +81,10 @@ type Supervisor struct {
 	cfg    Config
 	logger *slog.Logger
 
-	mu      sync.RWMutex
-	entries map[string]*entry // written only by the root actor
-	stopped bool
+	mu           sync.RWMutex
+	entries      map[string]*entry // written only by the root actor
+	shuttingDown bool              // set by the root actor when Shutdown begins
+	stopped      bool
 }
 
 // Start spawns the root actor, which loads every tenant and starts its
@@ -211,16 +213,23 @@ func (s *Supervisor) withState(t persistence.Tenant) Tenant {
 }
 
 // Running reports whether a tenant actor runs for id and is not being
-// stopped.
+// stopped, by Shutdown either.
 func (s *Supervisor) Running(id string) bool {
-	return s.Available(id) == nil
+	if s.Available(id) != nil {
+		return false
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return !s.shuttingDown
 }
 
 // Available returns nil when a tenant actor runs for id and is not being
 // stopped, ErrDeleting while a delete of the tenant is in progress, and
 // persistence.ErrTenantNotFound otherwise. The HTTP publish path checks it
 // before publishing. It does not wait for the root actor, which runs the
-// database part of a delete in its own turn.
+// database part of a delete in its own turn. It stays nil for the tenants
+// that Shutdown stops, because their queues stay: a message published
+// while the server shuts down waits there for the next start.
 func (s *Supervisor) Available(id string) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -245,7 +254,7 @@ func (s *Supervisor) Ready() error {
 			down = append(down, id)
 		}
 	}
-	stopped := s.stopped
+	stopped := s.shuttingDown || s.stopped
 	s.mu.RUnlock()
 	if stopped {
 		return ErrStopped
@@ -261,8 +270,10 @@ func (s *Supervisor) Ready() error {
 }
 
 // Shutdown stops every tenant actor gracefully: each cancels its consumer,
-// lets its workers flush and ack, and closes its channel. Then it stops the
-// root actor. Later requests return ErrStopped. Calling it twice is safe.
+// lets its workers flush and ack, and closes its channel. A delete already
+// under way finishes first. Then it stops the root actor. Create, Resize
+// and Delete return ErrStopped once it has begun. Available still reports
+// the tenants, whose queues stay. Calling it twice is safe.
 func (s *Supervisor) Shutdown(ctx context.Context) error {
 	_, err := s.request(ctx, &shutdownRequest{})
 	s.mu.Lock()

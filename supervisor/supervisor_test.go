@@ -523,3 +523,62 @@ func TestSupervisorDeletingTenantIsNotMissing(t *testing.T) {
 	require.ErrorIs(t, err, persistence.ErrTenantNotFound)
 	require.ErrorIs(t, sup.Delete(ctx, id), persistence.ErrTenantNotFound)
 }
+
+// TestSupervisorShutdownDuringDelete checks that a shutdown lets a delete
+// under way finish, rejects new changes, and keeps the tenants it stops
+// available for publishes, because their queues stay.
+func TestSupervisorShutdownDuringDelete(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := ctxT(t)
+	sup := f.start()
+	remaining, deleted := f.tenantID(), f.tenantID()
+	for _, id := range []string{remaining, deleted} {
+		_, err := sup.Create(ctx, persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
+		require.NoError(t, err)
+	}
+
+	// A worker that retries its batch on a locked partition holds up the
+	// tenant's stop, and with it the delete, until the lock ends.
+	release := f.holdPartitionLock(deleted)
+	require.Zero(t, publish(t, deleted, "held", `{"n":0}`))
+	retries := f.deps.Metrics.BatchRetries.WithLabelValues(deleted)
+	eventually(t, 10*time.Second, "a batch retry on the locked partition", func() bool {
+		return testutil.ToFloat64(retries) > 0
+	})
+	deleteDone := make(chan error, 1)
+	go func() { deleteDone <- sup.Delete(ctx, deleted) }()
+	eventually(t, 10*time.Second, "the delete to stop the tenant", func() bool {
+		return errors.Is(sup.Available(deleted), supervisor.ErrDeleting)
+	})
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- sup.Shutdown(ctx) }()
+
+	eventually(t, 10*time.Second, "the remaining tenant stopped", func() bool { return !sup.Running(remaining) })
+	require.NoError(t, sup.Available(remaining), "a tenant stopped by the shutdown no longer takes publishes")
+	require.ErrorIs(t, sup.Ready(), supervisor.ErrStopped)
+	_, err := sup.Resize(ctx, remaining, 2)
+	require.ErrorIs(t, err, supervisor.ErrStopped)
+	require.ErrorIs(t, sup.Delete(ctx, remaining), supervisor.ErrStopped)
+	_, err = sup.Create(ctx, persistence.Tenant{ID: f.tenantID(), Name: "late", WorkerCount: 1})
+	require.ErrorIs(t, err, supervisor.ErrStopped)
+	select {
+	case err := <-shutdownDone:
+		t.Fatalf("the shutdown returned (%v) while a delete waited for its tenant to stop", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+
+	release()
+	for _, done := range []chan error{deleteDone, shutdownDone} {
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(15 * time.Second):
+			t.Fatal("the delete or the shutdown did not finish within 15s after the lock ended")
+		}
+	}
+	_, err = f.store.GetTenant(ctx, deleted)
+	require.ErrorIs(t, err, persistence.ErrTenantNotFound)
+	require.NoError(t, sup.Available(remaining))
+	require.True(t, queueExists(t, transport.QueueName(remaining)), "the shutdown deleted the queue of a tenant it stopped")
+}

@@ -66,10 +66,13 @@ func apiError(err error) error {
 	return err
 }
 
-// publisher publishes only for tenants whose actor runs, so a message for a
-// deleted tenant is rejected instead of vanishing in the exchange. While a
-// delete of the tenant is in progress it returns api.ErrTenantDeleting,
-// because a delete that fails keeps the tenant.
+// publisher publishes only for tenants the supervisor reports available, so
+// a message for a deleted tenant is rejected instead of vanishing in the
+// exchange. While a delete of the tenant is in progress it returns
+// api.ErrTenantDeleting, because a delete that fails keeps the tenant. A
+// publish needs the tenant's queue and the broker's publish connection,
+// not its actor: during a shutdown, once the actor has stopped, a publish
+// still lands in the queue for the next start.
 type publisher struct {
 	broker *transport.Broker
 	sup    *supervisor.Supervisor
