@@ -60,7 +60,14 @@ type TenantView struct {
 // Retry-After, not 404, because a delete that fails keeps the tenant.
 var ErrTenantDeleting = errors.New("tenant is being deleted")
 
-// Tenants manages tenants and their workers.
+// ErrShuttingDown is returned by Tenants once the server has begun to shut
+// down and no longer creates, resizes or deletes tenants. The API returns
+// 503 with Retry-After for it, so that a client retries against the next
+// process.
+var ErrShuttingDown = errors.New("server shutting down")
+
+// Tenants manages tenants and their workers. Create, Resize and Delete
+// return an error wrapping ErrShuttingDown during a shutdown.
 type Tenants interface {
 	// Create returns persistence.ErrTenantExists when the id is taken.
 	Create(ctx context.Context, id, name string, workerCount int) (TenantView, error)

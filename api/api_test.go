@@ -476,6 +476,23 @@ func TestTenantDeletingHiddenFromOtherTenants(t *testing.T) {
 	}
 }
 
+func TestShuttingDownMapsTo503(t *testing.T) {
+	t.Parallel()
+	env := setup(t)
+	env.tenants.err = fmt.Errorf("%w: supervisor stopped", ErrShuttingDown)
+
+	for _, req := range []request{
+		{method: http.MethodPost, path: "/api/v1/tenants", token: adminToken(t), body: `{"name": "late"}`},
+		{method: http.MethodPut, path: "/api/v1/tenants/alpha/config/concurrency", token: adminToken(t),
+			body: `{"worker_count": 2}`},
+		{method: http.MethodDelete, path: "/api/v1/tenants/alpha", token: adminToken(t)},
+	} {
+		rec := env.do(t, req)
+		requireProblem(t, rec, http.StatusServiceUnavailable, "shutting down")
+		require.Equal(t, "5", rec.Header().Get("Retry-After"), "%s %s", req.method, req.path)
+	}
+}
+
 func TestLostDatabaseMapsTo503(t *testing.T) {
 	t.Parallel()
 	env := setup(t)

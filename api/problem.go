@@ -100,6 +100,9 @@ func (h *handler) writeBackendError(w http.ResponseWriter, r *http.Request, op s
 		writeProblem(w, http.StatusNotFound, "the tenant's queue does not exist on the broker")
 	case errors.Is(err, persistence.ErrTenantExists):
 		writeProblem(w, http.StatusConflict, "a tenant with this id already exists")
+	case errors.Is(err, ErrShuttingDown):
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeProblem(w, http.StatusServiceUnavailable, "the server is shutting down; retry later")
 	case errors.Is(err, transport.ErrUnavailable):
 		h.errorLog.log(ctx, h.logger, slog.LevelWarn, "api: broker unavailable", op, "err", err)
 		w.Header().Set("Retry-After", retryAfterSeconds)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/go-messaging-system/messaging/api"
 	"github.com/go-messaging-system/messaging/persistence"
@@ -27,7 +28,7 @@ func view(t supervisor.Tenant) api.TenantView {
 
 func (s tenantService) Create(ctx context.Context, id, name string, workerCount int) (api.TenantView, error) {
 	t, err := s.sup.Create(ctx, persistence.Tenant{ID: id, Name: name, WorkerCount: workerCount})
-	return view(t), err
+	return view(t), apiError(err)
 }
 
 func (s tenantService) List(ctx context.Context) ([]api.TenantView, error) {
@@ -57,11 +58,14 @@ func (s tenantService) Delete(ctx context.Context, id string) error {
 }
 
 // apiError converts the supervisor's ErrDeleting into the API's
-// ErrTenantDeleting, which maps to 503, and returns other errors
-// unchanged.
+// ErrTenantDeleting and marks its ErrStopped as api.ErrShuttingDown, both
+// of which map to 503. It returns other errors unchanged.
 func apiError(err error) error {
-	if errors.Is(err, supervisor.ErrDeleting) {
+	switch {
+	case errors.Is(err, supervisor.ErrDeleting):
 		return api.ErrTenantDeleting
+	case errors.Is(err, supervisor.ErrStopped):
+		return fmt.Errorf("%w: %w", api.ErrShuttingDown, err)
 	}
 	return err
 }
