@@ -141,7 +141,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 		return err
 	}
 
-	srv, err := newHTTPServer(work, cfg.HTTPAddr, apiCfg, sup, broker, store, reg, logger)
+	// requests bounds the HTTP requests. Shutdown cancels it at the end of
+	// their share of the budget, before the work ends.
+	requests, cancelRequests := context.WithCancel(work)
+	defer cancelRequests()
+	srv, err := newHTTPServer(requests, cfg.HTTPAddr, apiCfg, sup, broker, store, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -166,7 +170,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 	case err := <-serveErr:
 		logger.Error("server: HTTP server failed; shutting down", "err", err)
 	}
-	return shutdown(cfg, srv, sup, system, cancelWork, &services, logger)
+	return shutdown(cfg, srv, cancelRequests, sup, system, cancelWork, &services, logger)
 }
 
 // closeGrace is how long the database pool and the broker connections may
@@ -178,25 +182,44 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stder
 // and a delivery is acked only after its transaction has committed.
 const closeGrace = 100 * time.Millisecond
 
+// requestCancelGrace is how long the HTTP requests cancelled at the end
+// of their share of the shutdown get to write their error response before
+// their connections are closed. A query cancelled by its context returns
+// only about 100 ms after pgx (v5.13) has sent the cancel request.
+const requestCancelGrace = 250 * time.Millisecond
+
+// httpShare is the part of ShutdownTimeout that the HTTP requests in
+// flight get to finish: half of it, so that a hung request or a slow
+// client cannot hold the process to its deadline. The tenants drain
+// meanwhile and may use the whole of it.
+func httpShare(shutdownTimeout time.Duration) time.Duration { return shutdownTimeout / 2 }
+
 // shutdown stops taking requests, stops the consumers, lets the workers
 // flush and ack, and closes everything, all within ShutdownTimeout and
 // closeGrace. What was not acked stays in the queues for the next start.
-func shutdown(cfg config.Config, srv *http.Server, sup *supervisor.Supervisor, system *actor.ActorSystem,
-	cancelWork context.CancelFunc, services *closers, logger *slog.Logger) error {
+// HTTP requests get httpShare of the budget and are then cancelled, which
+// does not fail the shutdown: it returns an error only when the tenants
+// did not drain in time.
+func shutdown(cfg config.Config, srv *http.Server, cancelRequests context.CancelFunc, sup *supervisor.Supervisor,
+	system *actor.ActorSystem, cancelWork context.CancelFunc, services *closers, logger *slog.Logger) error {
 	started := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	deadline := time.AfterFunc(cfg.ShutdownTimeout, cancelWork)
 	defer deadline.Stop()
 
+	// The tenants drain while the HTTP requests finish. A publish needs
+	// the tenant's queue and the broker's publish connection, not its
+	// actor: both stay until the end, so a publish in flight still gets
+	// its 202 after the broker's confirm, and its messages wait in the
+	// queue for the next start.
+	tenantsStopped := make(chan error, 1)
+	go func() { tenantsStopped <- sup.Shutdown(ctx) }()
+	share := httpShare(cfg.ShutdownTimeout)
+	stopHTTP(srv, cancelRequests, share, min(requestCancelGrace, cfg.ShutdownTimeout-share), logger)
+
 	var errs []error
-	if err := srv.Shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))
-		// The requests still running were cancelled with the work at the
-		// deadline, and Close drops their connections.
-		_ = srv.Close()
-	}
-	if err := sup.Shutdown(ctx); err != nil {
+	if err := <-tenantsStopped; err != nil {
 		errs = append(errs, fmt.Errorf("stop tenants: %w", err))
 	}
 	system.Shutdown()
@@ -219,6 +242,45 @@ func shutdown(cfg config.Config, srv *http.Server, sup *supervisor.Supervisor, s
 	}
 	logger.Info("server: stopped", "elapsed", time.Since(started))
 	return nil
+}
+
+// stopHTTP closes the listener at once and waits up to share for the
+// requests in flight. Then it cancels those still running, gives them
+// grace to write an error response, and closes their connections, which
+// also ends a handler that waits for a slow client.
+func stopHTTP(srv *http.Server, cancelRequests context.CancelFunc, share, grace time.Duration, logger *slog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Shutdown(ctx) }()
+	logStopped := func(err error) {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			logger.Warn("server: HTTP listener did not close cleanly", "err", err)
+		}
+	}
+
+	timer := time.NewTimer(share)
+	defer timer.Stop()
+	select {
+	case err := <-stopped:
+		logStopped(err)
+		return
+	case <-timer.C:
+	}
+	logger.Warn("server: HTTP requests still running after their share of the shutdown; cancelling them",
+		"http_share", share)
+	cancelRequests()
+	timer.Reset(grace)
+	select {
+	case err := <-stopped:
+		logStopped(err)
+		return
+	case <-timer.C:
+	}
+	_ = srv.Close()
+	// Shutdown would notice the closed connections only at its next poll.
+	cancel()
+	logStopped(<-stopped)
 }
 
 // closers closes the services that serve opened.
@@ -366,9 +428,9 @@ func startSupervisor(ctx context.Context, system *actor.ActorSystem, store *pers
 }
 
 // newHTTPServer builds the API server. Its requests run under base, so
-// that they end with the actors' work at the shutdown deadline and give
-// back their pooled connections. Otherwise a query waiting for a lock
-// keeps the pool from closing until its request times out.
+// that they end when shutdown cancels them and give back their pooled
+// connections. Otherwise a query waiting for a lock keeps the pool from
+// closing until its request times out.
 func newHTTPServer(base context.Context, addr string, apiCfg api.Config, sup *supervisor.Supervisor,
 	broker *transport.Broker, store *persistence.Postgres, reg *prometheus.Registry,
 	logger *slog.Logger) (*http.Server, error) {
