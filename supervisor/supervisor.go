@@ -132,13 +132,19 @@ func (s *Supervisor) request(ctx context.Context, msg any) (any, error) {
 		return nil, ErrStopped
 	}
 	timeout := s.cfg.RequestTimeout
-	if d, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(d))
+	ctxBound := false
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
+		timeout, ctxBound = time.Until(d), true
 	}
 	if timeout <= 0 {
 		return nil, context.DeadlineExceeded
 	}
 	res, err := s.system.Root.RequestFuture(s.pid, msg, timeout).Result()
+	if errors.Is(err, actor.ErrTimeout) && ctxBound {
+		// The caller's deadline, not RequestTimeout, ended the wait, so
+		// the error is the one that callers and the API test for.
+		err = context.DeadlineExceeded
+	}
 	if err != nil {
 		return nil, fmt.Errorf("supervisor request %T: %w", msg, err)
 	}

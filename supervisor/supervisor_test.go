@@ -538,14 +538,9 @@ func TestSupervisorShutdownDuringDelete(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	// A worker that retries its batch on a locked partition holds up the
-	// tenant's stop, and with it the delete, until the lock ends.
-	release := f.holdPartitionLock(deleted)
-	require.Zero(t, publish(t, deleted, "held", `{"n":0}`))
-	retries := f.deps.Metrics.BatchRetries.WithLabelValues(deleted)
-	eventually(t, 10*time.Second, "a batch retry on the locked partition", func() bool {
-		return testutil.ToFloat64(retries) > 0
-	})
+	// The held batch delays the tenant's stop, and with it the delete,
+	// until the lock ends.
+	release := f.holdBatch(deleted)
 	deleteDone := make(chan error, 1)
 	go func() { deleteDone <- sup.Delete(ctx, deleted) }()
 	eventually(t, 10*time.Second, "the delete to stop the tenant", func() bool {
@@ -581,4 +576,34 @@ func TestSupervisorShutdownDuringDelete(t *testing.T) {
 	require.ErrorIs(t, err, persistence.ErrTenantNotFound)
 	require.NoError(t, sup.Available(remaining))
 	require.True(t, queueExists(t, transport.QueueName(remaining)), "the shutdown deleted the queue of a tenant it stopped")
+}
+
+// holdBatch locks the tenant's partition and publishes a message, and
+// returns once the worker retries its batch on the lock. The worker then
+// cannot drain, so the tenant cannot stop, until release is called.
+func (f *fixture) holdBatch(id string) (release func()) {
+	f.t.Helper()
+	release = f.holdPartitionLock(id)
+	require.Zero(f.t, publish(f.t, id, "held", `{"n":0}`))
+	retries := f.deps.Metrics.BatchRetries.WithLabelValues(id)
+	eventually(f.t, 10*time.Second, "a batch retry on the locked partition", func() bool {
+		return testutil.ToFloat64(retries) > 0
+	})
+	return release
+}
+
+func TestSupervisorShutdownPastDeadline(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	sup := f.start()
+	id := f.tenantID()
+	_, err := sup.Create(ctxT(t), persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
+	require.NoError(t, err)
+	release := f.holdBatch(id)
+	defer release()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err = sup.Shutdown(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "a shutdown that outlasts its context")
 }
