@@ -82,7 +82,8 @@ type Config struct {
 	// the batch is flushed, default 20ms. A worker also flushes as soon as
 	// no more deliveries are waiting for it.
 	BatchTimeout time.Duration
-	// ShutdownTimeout bounds graceful shutdown, default 30s.
+	// ShutdownTimeout bounds graceful shutdown, default 30s. HTTP requests
+	// in flight get the first half of it.
 	ShutdownTimeout time.Duration
 	// TenantSyncInterval is how often the supervisor reloads the tenants
 	// table to pick up tenants created or removed outside this process,
