@@ -100,5 +100,7 @@ type Deps struct {
 	Options Options
 	// Context bounds every database and broker call the actors make. Cancel
 	// it only after a graceful stop, to abandon work at the hard deadline.
+	// Each tenant actor also ends its own and its workers' calls when it
+	// stops.
 	Context context.Context
 }

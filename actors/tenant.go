@@ -71,13 +71,20 @@ const (
 // tenant is the tenant actor: it owns the consumer of the tenant's queue and
 // routes deliveries to its workers, keeping exactly `desired` of them.
 type tenant struct {
-	id       string
-	deps     *Deps
-	state    *TenantState
-	logger   *slog.Logger
-	attempts *attempts
-	retryLog *retryLog // of the workers' batch inserts
-	router   *router
+	id   string
+	deps *Deps
+	// ctx ends when this actor stops or restarts. A worker stuck in a batch
+	// insert or its retries then gives it up. Otherwise it could write after
+	// the tenant was deleted and created again under the same id.
+	// workerDeps is deps with ctx as its Context.
+	ctx        context.Context
+	cancel     context.CancelFunc
+	workerDeps *Deps
+	state      *TenantState
+	logger     *slog.Logger
+	attempts   *attempts
+	retryLog   *retryLog // of the workers' batch inserts
+	router     *router
 
 	desired  int
 	workers  map[string]*actor.PID    // routed to
@@ -125,6 +132,7 @@ func NewTenantProps(id string, workerCount int, deps *Deps, state *TenantState) 
 func (t *tenant) Receive(c actor.Context) {
 	switch m := c.Message().(type) {
 	case *actor.Started:
+		t.startContext()
 		t.router = newRouter(c.ActorSystem().Root, t.deps.Options.BatchSize)
 		t.scale(c)
 		t.openConsumer(c)
@@ -155,8 +163,15 @@ func (t *tenant) Receive(c actor.Context) {
 	case *actor.Terminated:
 		t.onTerminated(c, m.Who)
 	case *actor.Restarting:
+		t.cancel()
 		t.closeConsumer()
 	case *actor.Stopping:
+		// Stopping arrives before the workers are stopped, so cancelling
+		// here ends an insert that would otherwise keep a worker, and so
+		// the stop, waiting. The phase keeps onTerminated from replacing
+		// the workers that the stop ends, also when no Stop came first.
+		t.phase = stopping
+		t.cancel()
 		t.closeConsumer()
 	case *actor.Stopped:
 		t.state.workersRunning.Store(0)
@@ -204,6 +219,15 @@ func DefaultPrefetch(workers, batchSize int) int {
 }
 
 // scale spawns or retires workers until `desired` are routed to.
+// startContext derives the context of this incarnation of the actor and of
+// its workers.
+func (t *tenant) startContext() {
+	t.ctx, t.cancel = context.WithCancel(t.deps.Context)
+	d := *t.deps
+	d.Context = t.ctx
+	t.workerDeps = &d
+}
+
 func (t *tenant) scale(c actor.Context) {
 	for len(t.workers) < t.desired {
 		t.spawnWorker(c)
@@ -222,7 +246,7 @@ func (t *tenant) spawnWorker(c actor.Context) {
 	logger := t.logger.With("worker", t.nextName)
 	pending := new(atomic.Int64)
 	props := actor.PropsFromProducer(func() actor.Actor {
-		return newWorker(t.id, t.deps, t.attempts, t.retryLog, pending, logger)
+		return newWorker(t.id, t.workerDeps, t.attempts, t.retryLog, pending, logger)
 	}, actor.WithReceiverMiddleware(reportLifecycle))
 	pid := c.Spawn(props)
 	t.workers[pid.Id] = pid
@@ -289,7 +313,7 @@ func (t *tenant) onTerminated(c actor.Context, pid *actor.PID) {
 // loaded at start, it declares them and tries once more. After a second
 // failure it retries with backoff.
 func (t *tenant) openConsumer(c actor.Context) {
-	ctx := t.deps.Context
+	ctx := t.ctx
 	reconnected := t.deps.Broker.Reconnected()
 	cons, err := t.deps.Broker.Consume(ctx, t.id, t.prefetch())
 	if err != nil {

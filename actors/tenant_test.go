@@ -251,6 +251,52 @@ func TestTenantStopKeepsUnstoredMessagesQueued(t *testing.T) {
 	require.Equal(t, int64(3000), stored+int64(queued), "stored %d, queued %d", stored, queued)
 }
 
+func TestTenantStopAbandonsBlockedInsert(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{BatchSize: 5, RetryMin: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond}, nil)
+	logs := testenv.NewLogRecorder(slog.LevelDebug)
+	f.deps.Logger = slog.New(logs)
+	release := f.lockPartition()
+	f.spawn(1)
+	f.publish("b", 0, 5)
+	eventually(t, 30*time.Second, "a retried batch insert", func() bool {
+		return len(logs.Take("worker: batch insert failed, retrying")) > 0
+	})
+
+	// The worker is inside its retries while the actor stops. Without the
+	// tenant's own context it would go on retrying, hold up the stop and
+	// store the batch once the lock ends, after the tenant had stopped.
+	f.system.Root.Stop(f.pid)
+	eventually(t, 5*time.Second, "the tenant actor to stop while the lock is held", func() bool {
+		return f.state.WorkersRunning() == 0 && !f.state.ConsumerRunning()
+	})
+	require.NotEmpty(t, logs.Take("worker: batch abandoned because the tenant is stopping; the broker will redeliver it"))
+
+	release()
+	time.Sleep(time.Second) // ten times RetryMax: a live retry loop would have stored the batch
+	require.Zero(t, f.count(), "nothing stored after the tenant stopped")
+	require.Equal(t, 5, f.queueDepth(transport.QueueName(f.tenant)), "the batch is back in the queue")
+}
+
+func TestTenantStopsWithoutGracefulStop(t *testing.T) {
+	t.Parallel()
+	f := setup(t, actors.Options{BatchSize: 5}, nil)
+	f.spawn(2)
+	eventually(t, 10*time.Second, "2 workers and the consumer", func() bool {
+		return f.state.WorkersRunning() == 2 && f.state.ConsumerRunning()
+	})
+
+	// Stopping the actor without a Stop request first, as its supervisor
+	// does after a graceful stop timed out, ends its workers. They must not
+	// be taken for failed workers and replaced.
+	f.system.Root.Stop(f.pid)
+	eventually(t, 5*time.Second, "the tenant actor to stop", func() bool {
+		return f.state.WorkersRunning() == 0 && !f.state.ConsumerRunning()
+	})
+	_, err := f.system.Root.RequestFuture(f.pid, &actors.GetStatus{}, time.Second).Result()
+	require.Error(t, err, "a stopped actor does not respond")
+}
+
 func gaugeValue(t *testing.T, f *fixture, name string) float64 {
 	t.Helper()
 	families, err := f.reg.Gather()

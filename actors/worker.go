@@ -258,12 +258,13 @@ func (w *worker) insertWithRetry(msgs []persistence.Message) ([]persistence.Resu
 	}
 }
 
-// failBatch handles a batch that did not commit. At shutdown the deliveries
-// stay unacked, so the broker requeues them when the channel closes;
-// otherwise each is counted as a failed try and requeued.
+// failBatch handles a batch that did not commit. When the tenant stops, at
+// shutdown or for a delete, the deliveries stay unacked, and the broker
+// requeues them when the channel closes. Otherwise each is counted as a
+// failed try and requeued.
 func (w *worker) failBatch(index []int, err error) {
 	if w.deps.Context.Err() != nil {
-		w.logger.Warn("worker: batch abandoned at shutdown; the broker will redeliver it",
+		w.logger.Warn("worker: batch abandoned because the tenant is stopping; the broker will redeliver it",
 			"err", err, "batch_size", len(index))
 		return
 	}
