@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -15,10 +16,26 @@ import (
 const MaxTenantIDLength = 63
 
 // ddlLockTimeout bounds how long creating or deleting a tenant waits for
-// its lock on the messages table. Dropping a partition needs an ACCESS
-// EXCLUSIVE lock, and while that request waits every other query on
-// messages queues behind it, so the wait must stay short.
-const ddlLockTimeout = "3s"
+// each of its locks: on the messages table, and on the partition that a
+// delete drops.
+const ddlLockTimeout = 3 * time.Second
+
+// Dropping a partition needs an ACCESS EXCLUSIVE lock on messages, and
+// while that request waits in PostgreSQL's lock queue, every later query
+// on messages, of every tenant, queues behind it. DeleteTenant therefore
+// waits at most exclusiveLockAttempt at a time and then pauses for
+// exclusiveLockPause, which lets the queued queries run, until
+// ddlLockTimeout has passed.
+const (
+	exclusiveLockAttempt = 50 * time.Millisecond
+	exclusiveLockPause   = 50 * time.Millisecond
+)
+
+// setLockTimeout returns a SET LOCAL statement that sets the
+// transaction's lock_timeout to d, in whole milliseconds.
+func setLockTimeout(d time.Duration) string {
+	return fmt.Sprintf("SET LOCAL lock_timeout = %d", d.Milliseconds())
+}
 
 // ValidTenantID reports whether id matches ^[a-z0-9][a-z0-9_-]{0,62}$.
 func ValidTenantID(id string) bool {
@@ -97,9 +114,55 @@ func (p *Postgres) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
 func lockMessages(ctx context.Context, tx pgx.Tx, mode string) error {
 	// Without arguments pgx uses the simple protocol, which allows two
 	// statements in one round trip.
-	_, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'; "+
-		"LOCK TABLE ONLY messages IN "+mode+" MODE")
+	_, err := tx.Exec(ctx, setLockTimeout(ddlLockTimeout)+"; LOCK TABLE ONLY messages IN "+mode+" MODE")
 	if err != nil {
+		return fmt.Errorf("locking messages: %w", err)
+	}
+	return nil
+}
+
+// lockMessagesExclusive locks messages in ACCESS EXCLUSIVE mode in
+// attempts of exclusiveLockAttempt, each under a savepoint, with a pause of
+// exclusiveLockPause between them. Rolling back to the savepoint after a
+// lock timeout keeps the transaction usable and the locks taken before it,
+// and drops the attempt's lock request and lock_timeout (PostgreSQL 15
+// manual, "Table-Level Locks" and SET, and checked on 15.20). After
+// ddlLockTimeout it returns the last attempt's lock_not_available error,
+// which IsRetryable accepts. On success lock_timeout is ddlLockTimeout
+// again for the rest of the transaction.
+func lockMessagesExclusive(ctx context.Context, tx pgx.Tx) error {
+	deadline := time.Now().Add(ddlLockTimeout)
+	for {
+		err := tryLockMessagesExclusive(ctx, tx)
+		if sqlState(err) != "55P03" || time.Until(deadline) < exclusiveLockPause {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("locking messages: %w", contextError(ctx))
+		case <-time.After(exclusiveLockPause):
+		}
+	}
+}
+
+// tryLockMessagesExclusive makes one attempt of lockMessagesExclusive.
+func tryLockMessagesExclusive(ctx context.Context, tx pgx.Tx) error {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("locking messages: %w", err)
+	}
+	// Without arguments pgx uses the simple protocol, which allows three
+	// statements in one round trip. An error skips the ones after it.
+	_, err = sp.Exec(ctx, setLockTimeout(exclusiveLockAttempt)+
+		"; LOCK TABLE ONLY messages IN ACCESS EXCLUSIVE MODE; "+
+		setLockTimeout(ddlLockTimeout))
+	if err != nil {
+		if rollbackErr := sp.Rollback(ctx); rollbackErr != nil {
+			return fmt.Errorf("locking messages: %w", errors.Join(err, rollbackErr))
+		}
+		return fmt.Errorf("locking messages: %w", err)
+	}
+	if err := sp.Commit(ctx); err != nil {
 		return fmt.Errorf("locking messages: %w", err)
 	}
 	return nil
@@ -115,8 +178,8 @@ func lockPartition(ctx context.Context, tx pgx.Tx, partition string) error {
 	if err != nil {
 		return err
 	}
-	_, err = sp.Exec(ctx, "SET LOCAL lock_timeout = '"+ddlLockTimeout+"'; "+
-		"LOCK TABLE "+pgx.Identifier{partition}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+	_, err = sp.Exec(ctx, setLockTimeout(ddlLockTimeout)+
+		"; LOCK TABLE "+pgx.Identifier{partition}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
 	if sqlState(err) == "42P01" { // undefined_table
 		return sp.Rollback(ctx)
 	}
@@ -204,9 +267,12 @@ func (p *Postgres) SetWorkerCount(ctx context.Context, id string, n int) (Tenant
 }
 
 // DeleteTenant deletes the tenant row and drops its partition, with every
-// message in it, in one transaction. Dropping a partition locks messages
-// in ACCESS EXCLUSIVE mode; DeleteTenant waits at most 3 s for that lock
-// and then returns an error that IsRetryable accepts.
+// message in it, in one transaction. It locks the partition first and
+// then messages in ACCESS EXCLUSIVE mode, which dropping the partition
+// needs. It waits at most 3 s for each lock and then returns an error that
+// IsRetryable accepts. The wait for messages runs in attempts of 50 ms,
+// because other tenants' queries on messages queue behind the waiting
+// request, so each attempt holds them up for 50 ms at most.
 func (p *Postgres) DeleteTenant(ctx context.Context, id string) error {
 	return p.DeleteTenantWith(ctx, id, nil)
 }
@@ -235,7 +301,7 @@ func (p *Postgres) DeleteTenantWith(ctx context.Context, id string, beforeCommit
 		if err := lockPartition(ctx, tx, partition); err != nil {
 			return err
 		}
-		if err := lockMessages(ctx, tx, "ACCESS EXCLUSIVE"); err != nil {
+		if err := lockMessagesExclusive(ctx, tx); err != nil {
 			return err
 		}
 

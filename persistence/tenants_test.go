@@ -3,6 +3,7 @@ package persistence
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -511,4 +512,90 @@ func waitForLockWait(t *testing.T, store *Postgres, pattern string) {
 			pattern).Scan(&waiting)
 		return err == nil && waiting
 	})
+}
+
+// TestDeleteTenantLockWaitSparesInserts checks that a DeleteTenant
+// waiting for its lock on messages, behind a transaction that read
+// messages, holds up the inserts of other tenants only briefly. While its
+// lock request waits, every later query on messages queues behind it.
+func TestDeleteTenantLockWaitSparesInserts(t *testing.T) {
+	t.Parallel()
+	const (
+		insertFor = 2 * time.Second
+		// maxStall is far above the wait of one lock attempt, and far below
+		// the ddlLockTimeout that one long wait would reach.
+		maxStall = 500 * time.Millisecond
+	)
+	for _, tc := range []struct {
+		name string
+		// readerEndsAfter is how long the reading transaction stays open
+		// once the delete waits, or 0 to keep it open past the delete.
+		readerEndsAfter time.Duration
+	}{
+		{name: "reader outlasts the delete"},
+		{name: "reader ends during the delete", readerEndsAfter: 1500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			store := setup(t)
+			ctx := testContext(t)
+			victim := createTenant(t, store, "victim")
+			busy := createTenant(t, store, "busy")
+			endReader := holdInTransaction(t, store,
+				`SELECT count(*) FROM messages WHERE tenant_id = $1`, busy.ID)
+
+			start := time.Now()
+			deleted := make(chan error, 1)
+			go func() { deleted <- store.DeleteTenant(ctx, victim.ID) }()
+			waitForLockWait(t, store, "%LOCK TABLE ONLY messages%")
+			if tc.readerEndsAfter > 0 {
+				timer := time.AfterFunc(tc.readerEndsAfter, endReader)
+				t.Cleanup(func() { timer.Stop() })
+			}
+
+			inserted := 0
+			var slowest time.Duration
+			for i := 0; time.Since(start) < insertFor; i++ {
+				began := time.Now()
+				_, err := store.InsertBatch(ctx, busy.ID, messages(fmt.Sprintf("b%d", i), 2))
+				elapsed := time.Since(began)
+				require.NoError(t, err)
+				require.Lessf(t, elapsed, maxStall,
+					"insert %d of another tenant, %s after the delete began", i, began.Sub(start))
+				inserted += 2
+				slowest = max(slowest, elapsed)
+				time.Sleep(20 * time.Millisecond)
+			}
+			t.Logf("%d inserts of another tenant, the slowest took %s", inserted/2, slowest)
+			n, err := store.CountMessages(ctx, busy.ID)
+			require.NoError(t, err)
+			require.EqualValues(t, inserted, n)
+
+			var deleteErr error
+			select {
+			case deleteErr = <-deleted:
+			case <-time.After(ddlLockTimeout + 5*time.Second):
+				t.Fatalf("DeleteTenant did not return within %s", ddlLockTimeout+5*time.Second)
+			}
+			took := time.Since(start)
+
+			if tc.readerEndsAfter == 0 {
+				require.True(t, IsRetryable(deleteErr), "error: %v", deleteErr)
+				require.GreaterOrEqual(t, took, ddlLockTimeout-100*time.Millisecond,
+					"the delete gave up before its lock timeout")
+				require.Less(t, took, ddlLockTimeout+time.Second, "the delete went on past its lock timeout")
+				endReader()
+				_, err := store.GetTenant(ctx, victim.ID)
+				require.NoError(t, err, "the failed delete removed the tenant row")
+				require.NotEmpty(t, partitionBound(t, store, victim.ID), "the failed delete dropped the partition")
+				require.NoError(t, store.DeleteTenant(ctx, victim.ID))
+			} else {
+				require.NoError(t, deleteErr)
+				require.Less(t, took, ddlLockTimeout, "the delete did not take the lock once the reader ended")
+			}
+			_, err = store.GetTenant(ctx, victim.ID)
+			require.ErrorIs(t, err, ErrTenantNotFound)
+			require.Empty(t, partitionBound(t, store, victim.ID))
+		})
+	}
 }
