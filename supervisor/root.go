@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -13,18 +14,75 @@ import (
 	"github.com/go-messaging-system/messaging/persistence"
 )
 
-// Requests to the root actor. The response to each is a *reply.
+// Requests to the root actor. The response to each is a *reply, except to
+// a change that the root actor drops because its caller stopped waiting.
 type (
 	loadRequest   struct{}
-	createRequest struct{ tenant persistence.Tenant }
+	createRequest struct {
+		tk     changeTicket
+		tenant persistence.Tenant
+	}
 	resizeRequest struct {
+		tk          changeTicket
 		id          string
 		workerCount int
 	}
-	deleteRequest   struct{ id string }
+	deleteRequest struct {
+		tk changeTicket
+		id string
+	}
 	shutdownRequest struct{}
 	syncTick        struct{}
 )
+
+// change is a request that changes a tenant: a create, resize or delete.
+type change interface {
+	ticket() *changeTicket
+	tenantID() string
+}
+
+func (m *createRequest) ticket() *changeTicket { return &m.tk }
+func (m *resizeRequest) ticket() *changeTicket { return &m.tk }
+func (m *deleteRequest) ticket() *changeTicket { return &m.tk }
+func (m *createRequest) tenantID() string      { return m.tenant.ID }
+func (m *resizeRequest) tenantID() string      { return m.id }
+func (m *deleteRequest) tenantID() string      { return m.id }
+
+// States of a changeTicket.
+const (
+	ticketQueued int32 = iota
+	ticketTaken
+	ticketAbandoned
+)
+
+// changeTicket decides whether a change runs when its caller stops waiting
+// first. The root actor takes the ticket before it applies the change, and
+// the caller abandons it when its wait ends. Only the first of the two
+// succeeds, so the caller knows whether the change may still take effect.
+type changeTicket struct {
+	// deadline is when the caller's wait ends, set before the request is
+	// sent.
+	deadline time.Time
+	state    atomic.Int32
+}
+
+// take reports whether the root actor may apply the change. It fails once
+// the caller has abandoned the ticket or its deadline has passed, since
+// the caller has then stopped waiting, or is about to, and reports the
+// change as not applied.
+func (t *changeTicket) take() bool {
+	if !time.Now().Before(t.deadline) {
+		t.state.CompareAndSwap(ticketQueued, ticketAbandoned)
+	}
+	return t.state.CompareAndSwap(ticketQueued, ticketTaken)
+}
+
+// abandon is called by the caller when its wait has ended, and reports
+// whether the change will never be applied.
+func (t *changeTicket) abandon() bool {
+	t.state.CompareAndSwap(ticketQueued, ticketAbandoned)
+	return t.state.Load() == ticketAbandoned
+}
 
 type reply struct {
 	value any
@@ -49,6 +107,13 @@ type rootActor struct {
 
 // Receive handles one message of the root actor's mailbox.
 func (r *rootActor) Receive(c actor.Context) {
+	if ch, ok := c.Message().(change); ok && !ch.ticket().take() {
+		// The caller has stopped waiting and reports the change as not
+		// applied, so the change must not run and no reply is sent.
+		r.logger.Warn("supervisor: dropping a tenant change whose caller stopped waiting",
+			"request", fmt.Sprintf("%T", ch), "tenant_id", ch.tenantID())
+		return
+	}
 	switch m := c.Message().(type) {
 	case *loadRequest:
 		err := r.sync(c)

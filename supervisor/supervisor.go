@@ -27,6 +27,17 @@ var ErrStopped = errors.New("supervisor stopped")
 // again.
 var ErrDeleting = errors.New("tenant is being deleted")
 
+// ErrNotApplied is returned by a Create, Resize or Delete whose wait ended
+// while the request was still queued for the root actor, which then drops
+// it: the change never takes effect. The root actor applies changes one
+// at a time, so a slow delete holds up the ones behind it.
+var ErrNotApplied = errors.New("request timed out before it was applied")
+
+// ErrMaybeApplied is returned by a Create, Resize or Delete whose wait
+// ended after the root actor had taken the request up. The change goes on
+// and may take effect, so the caller has to read the tenant to find out.
+var ErrMaybeApplied = errors.New("request timed out while being applied")
+
 // Store is the part of the database that the supervisor uses.
 type Store interface {
 	CreateTenant(ctx context.Context, t persistence.Tenant) (persistence.Tenant, error)
@@ -123,7 +134,10 @@ func Start(ctx context.Context, system *actor.ActorSystem, store Store, broker B
 	return s, nil
 }
 
-// request sends msg to the root actor and waits for its *reply.
+// request sends msg to the root actor and waits for its *reply. A create,
+// resize or delete that times out returns an error wrapping ErrNotApplied
+// or ErrMaybeApplied, and context.DeadlineExceeded when the caller's
+// deadline ended the wait.
 func (s *Supervisor) request(ctx context.Context, msg any) (any, error) {
 	s.mu.RLock()
 	stopped := s.stopped
@@ -139,11 +153,22 @@ func (s *Supervisor) request(ctx context.Context, msg any) (any, error) {
 	if timeout <= 0 {
 		return nil, context.DeadlineExceeded
 	}
+	ch, isChange := msg.(change)
+	if isChange {
+		ch.ticket().deadline = time.Now().Add(timeout)
+	}
 	res, err := s.system.Root.RequestFuture(s.pid, msg, timeout).Result()
 	if errors.Is(err, actor.ErrTimeout) && ctxBound {
 		// The caller's deadline, not RequestTimeout, ended the wait, so
 		// the error is the one that callers and the API test for.
 		err = context.DeadlineExceeded
+	}
+	if err != nil && isChange {
+		outcome := ErrMaybeApplied
+		if ch.ticket().abandon() {
+			outcome = ErrNotApplied
+		}
+		return nil, fmt.Errorf("supervisor request %T: %w: %w", msg, outcome, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("supervisor request %T: %w", msg, err)

@@ -89,6 +89,19 @@ func (f *fixture) start() *supervisor.Supervisor {
 	return sup
 }
 
+// startWithoutSync starts a supervisor that loads the tenants table only
+// once, so that nothing but the test's requests starts or stops a tenant.
+func (f *fixture) startWithoutSync() *supervisor.Supervisor {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sup, err := supervisor.Start(ctx, f.system, f.store, f.broker, f.deps,
+		supervisor.Config{SyncInterval: time.Hour})
+	require.NoError(f.t, err)
+	f.t.Cleanup(func() { _ = sup.Shutdown(context.Background()) })
+	return sup
+}
+
 // requireDelete deletes the tenant and checks that its actor, queues and
 // row are gone.
 func (f *fixture) requireDelete(sup *supervisor.Supervisor, id string) {
@@ -402,12 +415,9 @@ func TestSupervisorFailedDeleteKeepsTenant(t *testing.T) {
 	ctx := ctxT(t)
 	// No sync during the test: only the failed delete itself may start
 	// the tenant again.
-	sup, err := supervisor.Start(ctx, f.system, f.store, f.broker, f.deps,
-		supervisor.Config{SyncInterval: time.Hour})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = sup.Shutdown(context.Background()) })
+	sup := f.startWithoutSync()
 	id := f.tenantID()
-	_, err = sup.Create(ctx, persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
+	_, err := sup.Create(ctx, persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
 	require.NoError(t, err)
 	require.Zero(t, publish(t, id, "before", `{"n":0}`, `{"n":1}`, "not json"))
 	eventually(t, 10*time.Second, "2 stored messages", func() bool {
@@ -423,14 +433,7 @@ func TestSupervisorFailedDeleteKeepsTenant(t *testing.T) {
 	go func() { deleted <- sup.Delete(ctx, id) }()
 	// The delete stops the tenant before it waits for the partition, so
 	// messages published now wait in the queue.
-	eventually(t, 10*time.Second, "the delete to wait for the partition lock", func() bool {
-		var waiting bool
-		err := f.store.Pool().QueryRow(ctx, `
-			SELECT count(*) > 0 FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%LOCK TABLE%'`).
-			Scan(&waiting)
-		return err == nil && waiting
-	})
+	f.waitForDeleteLock()
 	require.ErrorIs(t, sup.Available(id), supervisor.ErrDeleting,
 		"while the delete waits, the tenant may still come back, so it is not reported missing")
 	returned := publish(t, id, "during", `{"n":10}`, `{"n":11}`, `{"n":12}`)
@@ -606,4 +609,98 @@ func TestSupervisorShutdownPastDeadline(t *testing.T) {
 	defer cancel()
 	err = sup.Shutdown(ctx)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "a shutdown that outlasts its context")
+}
+
+// waitForDeleteLock returns once a session of the test's database waits for
+// a lock in a LOCK TABLE statement, as the delete of a tenant whose
+// partition is locked does.
+func (f *fixture) waitForDeleteLock() {
+	f.t.Helper()
+	ctx := ctxT(f.t)
+	eventually(f.t, 10*time.Second, "the delete to wait for the partition lock", func() bool {
+		var waiting bool
+		err := f.store.Pool().QueryRow(ctx, `
+			SELECT count(*) > 0 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%LOCK TABLE%'`).
+			Scan(&waiting)
+		return err == nil && waiting
+	})
+}
+
+// TestSupervisorDropsExpiredChange checks that a create
+// whose caller stopped waiting while it was queued behind a delete is
+// reported as not applied and is dropped rather than run later.
+func TestSupervisorDropsExpiredChange(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := ctxT(t)
+	// No sync during the test, so that nothing but the requests runs in
+	// the root actor.
+	sup := f.startWithoutSync()
+	blocked, queued, later := f.tenantID(), f.tenantID(), f.tenantID()
+	_, err := sup.Create(ctx, persistence.Tenant{ID: blocked, Name: blocked, WorkerCount: 1})
+	require.NoError(t, err)
+
+	// The delete waits up to 3 s for the partition in the root actor's
+	// turn, so the create queues behind it.
+	release := f.holdPartitionLock(blocked)
+	deleted := make(chan error, 1)
+	go func() { deleted <- sup.Delete(ctx, blocked) }()
+	f.waitForDeleteLock()
+
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	started := time.Now()
+	_, err = sup.Create(short, persistence.Tenant{ID: queued, Name: queued, WorkerCount: 1})
+	require.ErrorIs(t, err, supervisor.ErrNotApplied)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Less(t, time.Since(started), 2*time.Second, "the create waited past its deadline")
+
+	select {
+	case err = <-deleted:
+		require.True(t, persistence.IsRetryable(err), "error: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("the delete did not give up on the partition lock within 15s")
+	}
+	release()
+	// The mailbox is FIFO: once this create is done, the root actor has
+	// taken up the one queued before it.
+	_, err = sup.Create(ctx, persistence.Tenant{ID: later, Name: later, WorkerCount: 1})
+	require.NoError(t, err)
+	_, err = f.store.GetTenant(ctx, queued)
+	require.ErrorIs(t, err, persistence.ErrTenantNotFound, "the create was applied after its caller gave up")
+	require.False(t, sup.Running(queued))
+	require.False(t, queueExists(t, transport.QueueName(queued)))
+}
+
+// TestSupervisorRunningChangeTimeout checks that a delete whose
+// caller stops waiting after the root actor took it up is reported as
+// possibly applied, and that it does take effect.
+func TestSupervisorRunningChangeTimeout(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	sup := f.start()
+	ctx := ctxT(t)
+	id := f.tenantID()
+	_, err := sup.Create(ctx, persistence.Tenant{ID: id, Name: id, WorkerCount: 1})
+	require.NoError(t, err)
+	// The held batch keeps the tenant from stopping, and the delete from
+	// ending, until release.
+	release := f.holdBatch(id)
+
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err = sup.Delete(short, id)
+	require.ErrorIs(t, err, supervisor.ErrMaybeApplied)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, sup.Available(id), supervisor.ErrDeleting, "the delete goes on without its caller")
+
+	release()
+	eventually(t, 20*time.Second, "the tenant deleted", func() bool {
+		_, err := f.store.GetTenant(ctx, id)
+		return errors.Is(err, persistence.ErrTenantNotFound)
+	})
+	eventually(t, 10*time.Second, "the tenant forgotten", func() bool {
+		return errors.Is(sup.Available(id), persistence.ErrTenantNotFound)
+	})
 }
