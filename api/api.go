@@ -66,8 +66,20 @@ var ErrTenantDeleting = errors.New("tenant is being deleted")
 // process.
 var ErrShuttingDown = errors.New("server shutting down")
 
+// ErrChangeNotApplied is wrapped by Tenants errors for a create, resize or
+// delete that timed out while queued behind other tenant changes. It was
+// dropped, so a retry is safe. The API responds 503 with Retry-After.
+var ErrChangeNotApplied = errors.New("tenant change timed out before it was applied")
+
+// ErrChangeMaybeApplied is wrapped by Tenants errors for a create, resize
+// or delete that timed out while it was being applied. It goes on and may
+// take effect, so the API responds 503 with Retry-After and a detail that
+// tells the client to read the tenant before retrying.
+var ErrChangeMaybeApplied = errors.New("tenant change timed out while being applied")
+
 // Tenants manages tenants and their workers. Create, Resize and Delete
-// return an error wrapping ErrShuttingDown during a shutdown.
+// return an error wrapping ErrShuttingDown during a shutdown, and one
+// wrapping ErrChangeNotApplied or ErrChangeMaybeApplied when they time out.
 type Tenants interface {
 	// Create returns persistence.ErrTenantExists when the id is taken.
 	Create(ctx context.Context, id, name string, workerCount int) (TenantView, error)

@@ -493,6 +493,34 @@ func TestShuttingDownMapsTo503(t *testing.T) {
 	}
 }
 
+// A tenant change that timed out gets 503 with Retry-After, whether it was
+// dropped in the queue or may still take effect, never 500.
+func TestTenantChangeTimeoutMapsTo503(t *testing.T) {
+	t.Parallel()
+	admin := adminToken(t)
+	outcomes := []struct {
+		err    error
+		detail string
+	}{
+		{ErrChangeNotApplied, "was not applied; retry later"},
+		{ErrChangeMaybeApplied, "may still take effect; GET the tenant"},
+	}
+	for _, outcome := range outcomes {
+		env := setup(t)
+		env.tenants.err = fmt.Errorf("%w: supervisor request: %w", outcome.err, context.DeadlineExceeded)
+		for _, req := range []request{
+			{method: http.MethodPost, path: "/api/v1/tenants", token: admin, body: `{"name": "late", "id": "late"}`},
+			{method: http.MethodPut, path: "/api/v1/tenants/alpha/config/concurrency", token: admin,
+				body: `{"worker_count": 2}`},
+			{method: http.MethodDelete, path: "/api/v1/tenants/alpha", token: admin},
+		} {
+			rec := env.do(t, req)
+			requireProblem(t, rec, http.StatusServiceUnavailable, outcome.detail)
+			require.Equal(t, "5", rec.Header().Get("Retry-After"), "%s %s", req.method, req.path)
+		}
+	}
+}
+
 func TestLostDatabaseMapsTo503(t *testing.T) {
 	t.Parallel()
 	env := setup(t)

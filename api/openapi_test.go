@@ -46,6 +46,8 @@ const (
 	tenantsFail
 	tenantsDown
 	tenantsDeleting
+	tenantsNotApplied
+	tenantsMaybeApplied
 	publisherFail
 	publisherDown
 	publisherDeleting
@@ -96,6 +98,8 @@ func conformanceCases(t *testing.T) []conformanceCase {
 			contentType: "text/plain"}, want: 415, invalid: true},
 		{name: "create fails", req: send("POST", tenants, admin, `{"name": "x"}`), fault: tenantsFail, want: 500},
 		{name: "create down", req: send("POST", tenants, admin, `{"name": "x"}`), fault: tenantsDown, want: 503},
+		{name: "create not applied", req: send("POST", tenants, admin, `{"name": "x"}`), fault: tenantsNotApplied, want: 503},
+		{name: "create maybe applied", req: send("POST", tenants, admin, `{"name": "x"}`), fault: tenantsMaybeApplied, want: 503},
 
 		{name: "list tenants", req: get(tenants, admin), want: 200},
 		{name: "list tenants no token", req: get(tenants, ""), want: 401},
@@ -119,6 +123,8 @@ func conformanceCases(t *testing.T) []conformanceCase {
 		{name: "delete fails", req: send("DELETE", tenant, admin, ""), fault: tenantsFail, want: 500},
 		{name: "delete down", req: send("DELETE", tenant, admin, ""), fault: tenantsDown, want: 503},
 		{name: "delete while deleting", req: send("DELETE", tenant, admin, ""), fault: tenantsDeleting, want: 503},
+		{name: "delete not applied", req: send("DELETE", tenant, admin, ""), fault: tenantsNotApplied, want: 503},
+		{name: "delete maybe applied", req: send("DELETE", tenant, admin, ""), fault: tenantsMaybeApplied, want: 503},
 
 		{name: "resize", req: send("PUT", resize, admin, `{"worker_count": 4}`), want: 200},
 		{name: "resize invalid", req: send("PUT", resize, admin, `{"worker_count": 0}`), want: 400, invalid: true},
@@ -131,6 +137,8 @@ func conformanceCases(t *testing.T) []conformanceCase {
 		{name: "resize fails", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsFail, want: 500},
 		{name: "resize down", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsDown, want: 503},
 		{name: "resize while deleting", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsDeleting, want: 503},
+		{name: "resize not applied", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsNotApplied, want: 503},
+		{name: "resize maybe applied", req: send("PUT", resize, admin, `{"worker_count": 4}`), fault: tenantsMaybeApplied, want: 503},
 
 		{name: "tenant messages", req: get(tmsgs+"?limit=2", admin), want: 200},
 		{name: "tenant messages own", req: get(tmsgs, alpha), want: 200},
@@ -224,6 +232,10 @@ func conformanceEnv(t *testing.T, f fault) *testEnv {
 		env.tenants.err = errDown
 	case tenantsDeleting:
 		env.tenants.err = ErrTenantDeleting
+	case tenantsNotApplied:
+		env.tenants.err = fmt.Errorf("%w: %w", ErrChangeNotApplied, context.DeadlineExceeded)
+	case tenantsMaybeApplied:
+		env.tenants.err = fmt.Errorf("%w: %w", ErrChangeMaybeApplied, context.DeadlineExceeded)
 	case publisherFail:
 		env.pub.err = errBoom
 	case publisherDown:

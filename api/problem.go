@@ -99,10 +99,22 @@ func (h *handler) writeBackendError(w http.ResponseWriter, r *http.Request, op s
 	case errors.Is(err, transport.ErrQueueNotFound):
 		writeProblem(w, http.StatusNotFound, "the tenant's queue does not exist on the broker")
 	case errors.Is(err, persistence.ErrTenantExists):
-		writeProblem(w, http.StatusConflict, "a tenant with this id already exists")
+		writeProblem(w, http.StatusConflict,
+			"a tenant with this id already exists; GET it to check whether an earlier create of yours made it")
 	case errors.Is(err, ErrShuttingDown):
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		writeProblem(w, http.StatusServiceUnavailable, "the server is shutting down; retry later")
+	case errors.Is(err, ErrChangeNotApplied):
+		h.errorLog.log(ctx, h.logger, slog.LevelWarn, "api: tenant change timed out before it was applied", op, "err", err)
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeProblem(w, http.StatusServiceUnavailable,
+			"the change timed out behind other tenant changes and was not applied; retry later")
+	case errors.Is(err, ErrChangeMaybeApplied):
+		h.errorLog.log(ctx, h.logger, slog.LevelWarn, "api: tenant change timed out while being applied", op, "err", err)
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeProblem(w, http.StatusServiceUnavailable,
+			"the change timed out while it was being applied and may still take effect; "+
+				"GET the tenant to see its state before retrying")
 	case errors.Is(err, transport.ErrUnavailable):
 		h.errorLog.log(ctx, h.logger, slog.LevelWarn, "api: broker unavailable", op, "err", err)
 		w.Header().Set("Retry-After", retryAfterSeconds)

@@ -58,14 +58,19 @@ func (s tenantService) Delete(ctx context.Context, id string) error {
 }
 
 // apiError converts the supervisor's ErrDeleting into the API's
-// ErrTenantDeleting and marks its ErrStopped as api.ErrShuttingDown, both
-// of which map to 503. It returns other errors unchanged.
+// ErrTenantDeleting and marks its ErrStopped as api.ErrShuttingDown and its
+// timeouts as api.ErrChangeNotApplied or api.ErrChangeMaybeApplied, all of
+// which map to 503. It returns other errors unchanged.
 func apiError(err error) error {
 	switch {
 	case errors.Is(err, supervisor.ErrDeleting):
 		return api.ErrTenantDeleting
 	case errors.Is(err, supervisor.ErrStopped):
 		return fmt.Errorf("%w: %w", api.ErrShuttingDown, err)
+	case errors.Is(err, supervisor.ErrNotApplied):
+		return fmt.Errorf("%w: %w", api.ErrChangeNotApplied, err)
+	case errors.Is(err, supervisor.ErrMaybeApplied):
+		return fmt.Errorf("%w: %w", api.ErrChangeMaybeApplied, err)
 	}
 	return err
 }
