@@ -33,8 +33,9 @@ type Config struct {
 	// DatabaseURL. Default 16.
 	DatabaseMaxConns int
 	// GroupCommit is how many batch transactions may run at once when
-	// batches of different tenants share transactions; 0 gives every batch
-	// a transaction of its own. Default 2.
+	// batches of different tenants share transactions, for batches under
+	// 100 rows and again for larger ones; 0 gives every batch a
+	// transaction of its own. Default 2.
 	GroupCommit int
 	// RabbitMQURL is the AMQP 0-9-1 broker URL.
 	RabbitMQURL string
@@ -138,7 +139,7 @@ func settings() []setting {
 	return []setting{
 		{"database_url", "DATABASE_URL", "PostgreSQL connection URL", setString(func(c *Config) *string { return &c.DatabaseURL })},
 		{"database_max_conns", "DATABASE_MAX_CONNS", "PostgreSQL connection pool size", setInt(func(c *Config) *int { return &c.DatabaseMaxConns })},
-		{"group_commit", "GROUP_COMMIT", "batch transactions at once when tenants share them (0 = a transaction per batch)", setInt(func(c *Config) *int { return &c.GroupCommit })},
+		{"group_commit", "GROUP_COMMIT", "batch transactions at once when tenants share them, for batches under 100 rows and again for larger ones (0 = a transaction per batch)", setInt(func(c *Config) *int { return &c.GroupCommit })},
 		{"rabbitmq_url", "RABBITMQ_URL", "RabbitMQ AMQP URL", setString(func(c *Config) *string { return &c.RabbitMQURL })},
 		{"http_addr", "HTTP_ADDR", "HTTP listen address", setString(func(c *Config) *string { return &c.HTTPAddr })},
 		{"jwt_secret", "JWT_SECRET", "HS256 secret for API tokens (at least 32 bytes)", setString(func(c *Config) *string { return &c.JWTSecret })},

@@ -16,6 +16,13 @@ import (
 // batch waiting behind large ones still goes into the next transaction.
 const maxGroupRows = 2000
 
+// bulkBatchRows is the size from which a batch goes to the committer's
+// bulk goroutines. A flooding tenant's batches fill up to BATCH_SIZE rows
+// and take milliseconds to insert, and a small batch of a quiet tenant
+// that waited for them, or shared a transaction with them, would take as
+// long. The two sizes still share transactions with their own kind.
+const bulkBatchRows = 100
+
 // maxDeferred bounds the batches that one committer goroutine holds back
 // for its next groups, because their tenants are already in the group it
 // is collecting.
@@ -45,9 +52,10 @@ func pgDuration(d time.Duration) string {
 var errRunAlone = errors.New("shared transaction failed")
 
 // committer runs the batches of InsertBatch in shared transactions (see
-// WithGroupCommit). Each of its goroutines takes the oldest waiting batch
-// and the other batches already waiting, at most one per tenant and up to
-// maxGroupRows rows. It keeps the second batch of a tenant for its next
+// WithGroupCommit). Small and large batches wait in queues of their own,
+// each with its own goroutines (see bulkBatchRows). Each goroutine takes
+// the oldest batch waiting in its queue and the other batches already
+// waiting there, at most one per tenant and up to maxGroupRows rows. It keeps the second batch of a tenant for its next
 // transaction. It sends them as one pipeline of insert statements,
 // which PostgreSQL runs as a single implicit transaction, so they cost one
 // round trip and one commit.
@@ -61,8 +69,9 @@ var errRunAlone = errors.New("shared transaction failed")
 // being stored twice.
 type committer struct {
 	p           *Postgres
-	lockTimeout string // lock_timeout of shared transactions
-	requests    chan *insertRequest
+	lockTimeout string              // lock_timeout of shared transactions
+	requests    chan *insertRequest // batches of fewer than bulkBatchRows rows
+	bulk        chan *insertRequest // the larger batches
 	quit        chan struct{}
 	wg          sync.WaitGroup
 
@@ -89,13 +98,15 @@ func newCommitter(p *Postgres, n int, lockTimeout, lockedPause, lockWarnInterval
 		p:           p,
 		lockTimeout: pgDuration(lockTimeout),
 		requests:    make(chan *insertRequest, 1024),
+		bulk:        make(chan *insertRequest, 1024),
 		quit:        make(chan struct{}),
 		locked:      make(map[string]time.Time),
 		lockedPause: lockedPause,
 		lockLog:     newLockLog(p.logger, lockWarnInterval),
 	}
 	for range n {
-		g.wg.Go(g.loop)
+		g.wg.Go(func() { g.loop(g.requests) })
+		g.wg.Go(func() { g.loop(g.bulk) })
 	}
 	return g
 }
@@ -171,11 +182,20 @@ func (g *committer) enqueue(ctx context.Context, r *insertRequest) bool {
 		return false
 	}
 	select {
-	case g.requests <- r:
+	case g.queueOf(r) <- r:
 		return true
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// queueOf returns the queue of r: bulk for a batch of bulkBatchRows rows
+// or more.
+func (g *committer) queueOf(r *insertRequest) chan *insertRequest {
+	if len(r.b.ids) >= bulkBatchRows {
+		return g.bulk
+	}
+	return g.requests
 }
 
 // close stops the committer's goroutines once they have run every queued
@@ -192,19 +212,20 @@ func (g *committer) close() {
 	g.wg.Wait()
 }
 
-func (g *committer) loop() {
+// loop runs the shared transactions of the requests of one queue.
+func (g *committer) loop(requests chan *insertRequest) {
 	c := &collector{tenants: make(map[string]bool)}
 	for {
 		first := c.takeDeferred()
 		if first == nil {
 			select {
-			case first = <-g.requests:
+			case first = <-requests:
 			case <-g.quit:
 				// No request is queued after quit closes, so this runs the
 				// last ones.
 				for {
 					select {
-					case r := <-g.requests:
+					case r := <-requests:
 						g.run([]*insertRequest{r})
 					default:
 						return
@@ -212,7 +233,7 @@ func (g *committer) loop() {
 				}
 			}
 		}
-		group := c.collect(first, g.requests)
+		group := c.collect(first, requests)
 		g.run(group)
 		clear(group) // let the batches be collected
 	}

@@ -273,6 +273,48 @@ func TestGroupCommitLockWaitHoldsOnlyItsTenant(t *testing.T) {
 	require.NoError(t, await(t, holderCall).err)
 }
 
+func TestGroupCommitSmallBatchesSkipLargeOnes(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(6), withLockTimeout(time.Minute))
+	ctx := testContext(t)
+	flood := createTenant(t, store, "flood")
+	quiet := createTenant(t, store, "quiet")
+	releaseFlood := blockInsert(t, store, flood.ID)
+
+	// A full batch that waits for a lock keeps the only goroutine for large
+	// batches busy, as a flooding tenant's slow insert would.
+	large := append(messages("l", bulkBatchRows-1), Message{MessageID: "blocker", Payload: []byte(`{}`)})
+	largeCall := startInsert(ctx, store, flood.ID, large)
+	waitingInsertPID(t, store)
+
+	c := await(t, startInsert(ctx, store, quiet.ID, messages("q", 2)))
+	require.NoError(t, c.err, "a small batch does not wait for the large one")
+	require.Equal(t, repeat(Inserted, 2), outcomes(c.results))
+	select {
+	case c := <-largeCall:
+		t.Fatalf("the large batch returned while its lock was held: %v", c.err)
+	default:
+	}
+
+	releaseFlood()
+	c = await(t, largeCall)
+	require.NoError(t, c.err)
+	require.Equal(t, repeat(Inserted, bulkBatchRows), outcomes(c.results), "the blocking transaction rolled back")
+}
+
+func TestGroupCommitLargeBatchesSkipSmallOnes(t *testing.T) {
+	t.Parallel()
+	store := setup(t, WithGroupCommit(1), WithMaxConns(6), withLockTimeout(time.Minute))
+	ctx := testContext(t)
+	release := holdCommitter(t, store) // holds the goroutine of small batches
+	bulk := createTenant(t, store, "bulk")
+
+	c := await(t, startInsert(ctx, store, bulk.ID, messages("b", bulkBatchRows)))
+	require.NoError(t, c.err, "a large batch does not wait for the small one")
+	require.Equal(t, repeat(Inserted, bulkBatchRows), outcomes(c.results))
+	require.NoError(t, release().err)
+}
+
 func TestGroupCommitOneBatchPerTenant(t *testing.T) {
 	t.Parallel()
 	store := setup(t, WithGroupCommit(1), WithMaxConns(4), withLockTimeout(time.Minute))

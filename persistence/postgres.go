@@ -61,9 +61,9 @@ func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 }
 
 // WithGroupCommit makes InsertBatch share transactions: at most n batch
-// transactions run at once, and batches of other tenants that arrive while
-// they run are stored together in the next one, each with its own
-// statement. Under load that turns many small commits into a few larger
+// transactions of batches under 100 rows run at once, and n of larger
+// ones. Batches of other tenants that arrive while they run are stored
+// together in the next one of their size, each with its own statement. Under load that turns many small commits into a few larger
 // ones. A shared transaction waits at most 200 ms for a lock, and when it
 // fails each of its batches is run again on its own by its caller. n of 0,
 // the default, runs every batch in its own transaction.
