@@ -334,11 +334,13 @@ func (g *committer) run(group []*insertRequest) {
 	}
 	if err == nil {
 		g.p.commit(len(live))
-		for _, r := range live {
-			r.done <- nil
-		}
+		// The end of a run of lock failures is logged before the callers
+		// learn of the commit, so that it comes before what they log next.
 		for _, r := range live {
 			g.lockLog.committed(r.tenantID)
+		}
+		for _, r := range live {
+			r.done <- nil
 		}
 		return
 	}
