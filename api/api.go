@@ -74,7 +74,7 @@ var ErrChangeNotApplied = errors.New("tenant change timed out before it was appl
 // ErrChangeMaybeApplied is wrapped by Tenants errors for a create, resize
 // or delete that timed out while it was being applied. It goes on and may
 // take effect, so the API responds 503 with Retry-After and a detail that
-// tells the client to read the tenant before retrying.
+// asks the client to read the tenant before retrying.
 var ErrChangeMaybeApplied = errors.New("tenant change timed out while being applied")
 
 // Tenants manages tenants and their workers. Create, Resize and Delete

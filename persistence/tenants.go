@@ -32,9 +32,9 @@ const (
 )
 
 // setLockTimeout returns a SET LOCAL statement that sets the
-// transaction's lock_timeout to d, in whole milliseconds.
+// transaction's lock_timeout to d, formatted by pgDuration.
 func setLockTimeout(d time.Duration) string {
-	return fmt.Sprintf("SET LOCAL lock_timeout = %d", d.Milliseconds())
+	return "SET LOCAL lock_timeout = '" + pgDuration(d) + "'"
 }
 
 // ValidTenantID reports whether id matches ^[a-z0-9][a-z0-9_-]{0,62}$.
